@@ -1,0 +1,207 @@
+//! The pre-LN transformer block shared by both CLIP towers
+//! (openai/CLIP `clip/model.py` `ResidualAttentionBlock`; HF `CLIPEncoderLayer`).
+//!
+//! `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`.
+//!
+//! Every op has two paths: candle's fused LayerNorm/softmax kernels (fast, but they have **no
+//! backward**, so a gradient through them is silently `None`) and the generic differentiable
+//! ones. The frozen image tower uses the fused path; the text tower, through which prompt
+//! gradients must flow, uses the differentiable one.
+
+use crate::config::Activation;
+use crate::error::Result;
+use crate::weights::ClipWeights;
+use candle_core::{Module, Tensor, D};
+
+/// Which kernels to use: see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    Fused,
+    Differentiable,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+
+    pub fn load(w: &ClipWeights, prefix: &str, eps: f64) -> Result<Self> {
+        Ok(Self::new(
+            w.get(&format!("{prefix}.weight"))?.clone(),
+            w.get(&format!("{prefix}.bias"))?.clone(),
+            eps,
+        ))
+    }
+
+    /// Normalise over the last dimension.
+    pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        Ok(match k {
+            Kernels::Fused => candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?,
+            Kernels::Differentiable => {
+                candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?
+            }
+        })
+    }
+}
+
+pub fn softmax_last(x: &Tensor, k: Kernels) -> Result<Tensor> {
+    Ok(match k {
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(x)?,
+        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1)?,
+    })
+}
+
+/// `y = x W^T + b` for `x` of any rank (flattened to 2-D for a single gemm call).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn load(w: &ClipWeights, prefix: &str) -> Result<Self> {
+        Ok(Self::new(
+            w.get(&format!("{prefix}.weight"))?.clone(),
+            Some(w.get(&format!("{prefix}.bias"))?.clone()),
+        ))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+}
+
+pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+    })
+}
+
+/// Multi-head self-attention with the q/k/v projections fused into one matmul.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    pub fn load(w: &ClipWeights, prefix: &str, heads: usize) -> Result<Self> {
+        let get = |n: &str| w.get(&format!("{prefix}.{n}")).cloned();
+        let weight = Tensor::cat(
+            &[
+                get("q_proj.weight")?,
+                get("k_proj.weight")?,
+                get("v_proj.weight")?,
+            ],
+            0,
+        )?;
+        let bias = Tensor::cat(
+            &[
+                get("q_proj.bias")?,
+                get("k_proj.bias")?,
+                get("v_proj.bias")?,
+            ],
+            0,
+        )?;
+        Ok(Self {
+            qkv: Linear::new(weight, Some(bias)),
+            out: Linear::load(w, &format!("{prefix}.out_proj"))?,
+            heads,
+        })
+    }
+
+    /// # Shapes
+    /// `x`: [B, N, W]; `mask`: additive [N, N] (e.g. causal) or none → [B, N, W].
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
+        let (b, n, w) = x.dims3()?;
+        let hd = w / self.heads;
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, hd))?; // [B, N, 3, H, hd]
+        let qkv = qkv.permute((2, 0, 3, 1, 4))?; // [3, B, H, N, hd]
+        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
+        let key = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let mut scores = q.matmul(&key.t()?)?; // [B, H, N, N]
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let attn = softmax_last(&scores, k)?;
+        let o = attn.matmul(&v)?; // [B, H, N, hd]
+        let o = o.transpose(1, 2)?.reshape((b, n, w))?; // [B, N, W]
+        self.out.forward(&o)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Block {
+    pub fn load(
+        w: &ClipWeights,
+        prefix: &str,
+        heads: usize,
+        eps: f64,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            ln_1: LayerNorm::load(w, &format!("{prefix}.layer_norm1"), eps)?,
+            attn: Attention::load(w, &format!("{prefix}.self_attn"), heads)?,
+            ln_2: LayerNorm::load(w, &format!("{prefix}.layer_norm2"), eps)?,
+            fc1: Linear::load(w, &format!("{prefix}.mlp.fc1"))?,
+            fc2: Linear::load(w, &format!("{prefix}.mlp.fc2"))?,
+            act,
+        })
+    }
+
+    pub fn set_activation(&mut self, act: Activation) {
+        self.act = act;
+    }
+
+    /// # Shapes
+    /// `x`: [B, N, W] → [B, N, W].
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln_1.forward(x, k)?, mask, k)?)?;
+        let h = activate(&self.fc1.forward(&self.ln_2.forward(&x, k)?)?, self.act)?;
+        Ok((&x + self.fc2.forward(&h)?)?)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Linear::forward(self, xs).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}

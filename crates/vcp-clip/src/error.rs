@@ -1,0 +1,37 @@
+//! Errors of the backbone crate. Every variant names the file or tensor at fault, so the
+//! CLI can print a single line that tells the user what to fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClipError {
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("weights: missing tensor `{0}`")]
+    MissingTensor(String),
+    #[error("weights: unexpected tensor `{0}` (not part of a CLIP model with this config)")]
+    ExtraTensor(String),
+    #[error("weights: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    BadShape {
+        name: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("config: {0}")]
+    Config(String),
+    #[error("input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ClipError {
+    pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        ClipError::File {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClipError>;

@@ -1,0 +1,220 @@
+//! The CLIP image tower, opened up for dense prediction
+//! (openai/CLIP `clip/model.py` `VisionTransformer`; VCP-CLIP `models/transformer.py`).
+//!
+//! Differences from a classification CLIP, all needed by zero-shot anomaly segmentation:
+//! * any input size: the positional embedding is resized once, at construction, with PyTorch's
+//!   antialiased bicubic (VCP-CLIP `resize_pos_embed`, e.g. 24x24 → 37x37 for 518 px);
+//! * the residual stream after any set of blocks is returned, class token first, without
+//!   `ln_post` (VCP-CLIP `features_list = [6, 12, 18, 24]`);
+//! * the global embedding `ln_post(x[:, 0]) @ proj` is returned unnormalised.
+
+use crate::block::{Block, Kernels, LayerNorm};
+use crate::config::{Activation, VisionConfig};
+use crate::error::{ClipError, Result};
+use crate::resample::{resize_planar_f32, Filter};
+use crate::weights::ClipWeights;
+use candle_core::Tensor;
+
+/// What the image tower returns for a batch.
+#[derive(Debug, Clone)]
+pub struct VisionOutput {
+    /// `(block, tokens)` for each requested tap (1-based block index, as in VCP-CLIP):
+    /// the residual stream after that block, `[B, 1 + g*g, W]`, class token first.
+    pub layers: Vec<(usize, Tensor)>,
+    /// `ln_post(class token of the last block) @ proj`, `[B, D]`, not normalised.
+    pub global: Tensor,
+    /// Patch grid side `g = image_size / patch`.
+    pub grid: usize,
+}
+
+impl VisionOutput {
+    /// Tokens after block `k` (1-based), if it was tapped.
+    pub fn layer(&self, k: usize) -> Option<&Tensor> {
+        self.layers.iter().find(|(i, _)| *i == k).map(|(_, t)| t)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VisionTower {
+    cfg: VisionConfig,
+    image_size: usize,
+    patch_weight: Tensor,    // [W, 3, p, p]
+    class_embedding: Tensor, // [W]
+    pos_embedding: Tensor,   // [1 + g*g, W], resized for `image_size`
+    ln_pre: LayerNorm,
+    blocks: Vec<Block>,
+    ln_post: LayerNorm,
+    proj: Tensor, // [D, W] (Linear weight, no bias)
+    kernels: Kernels,
+}
+
+impl VisionTower {
+    /// Build for input images of `image_size` x `image_size` (a multiple of the patch size).
+    pub fn new(w: &ClipWeights, image_size: usize, act: Activation) -> Result<Self> {
+        let cfg = w.config.vision.clone();
+        if image_size == 0 || image_size % cfg.patch_size != 0 {
+            return Err(ClipError::Config(format!(
+                "image size {image_size} is not a positive multiple of the patch size {}",
+                cfg.patch_size
+            )));
+        }
+        let pos = w.get("vision_model.embeddings.position_embedding.weight")?;
+        let pos_embedding = resize_pos_embed(pos, cfg.native_grid(), image_size / cfg.patch_size)?;
+        let blocks = (0..cfg.layers)
+            .map(|i| {
+                Block::load(
+                    w,
+                    &format!("vision_model.encoder.layers.{i}"),
+                    cfg.heads,
+                    cfg.ln_eps,
+                    act,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            image_size,
+            patch_weight: w
+                .get("vision_model.embeddings.patch_embedding.weight")?
+                .clone(),
+            class_embedding: w.get("vision_model.embeddings.class_embedding")?.clone(),
+            pos_embedding,
+            ln_pre: LayerNorm::load(w, "vision_model.pre_layrnorm", cfg.ln_eps)?,
+            blocks,
+            ln_post: LayerNorm::load(w, "vision_model.post_layernorm", cfg.ln_eps)?,
+            proj: w.get("visual_projection.weight")?.clone(),
+            kernels: Kernels::Fused,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &VisionConfig {
+        &self.cfg
+    }
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+    pub fn grid(&self) -> usize {
+        self.image_size / self.cfg.patch_size
+    }
+    pub fn width(&self) -> usize {
+        self.cfg.width
+    }
+    pub fn embed_dim(&self) -> Result<usize> {
+        Ok(self.proj.dim(0)?)
+    }
+    /// The positional embedding actually added to the tokens, `[1 + g*g, W]`.
+    pub fn positional_embedding(&self) -> &Tensor {
+        &self.pos_embedding
+    }
+    /// Use differentiable kernels (only needed to backpropagate into the image).
+    pub fn set_kernels(&mut self, k: Kernels) {
+        self.kernels = k;
+    }
+
+    /// Patch tokens + class token + positional embedding, then `ln_pre`.
+    ///
+    /// # Shapes
+    /// `pixels`: [B, 3, S, S] → [B, 1 + g*g, W].
+    pub fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, wd) = pixels.dims4()?;
+        if c != 3 || h != self.image_size || wd != self.image_size {
+            return Err(ClipError::Input(format!(
+                "expected images of shape [B, 3, {s}, {s}], got {:?}",
+                pixels.dims(),
+                s = self.image_size
+            )));
+        }
+        let p = self.cfg.patch_size;
+        let x = pixels.conv2d(&self.patch_weight, 0, p, 1, 1)?; // [B, W, g, g]
+        let x = x.flatten_from(2)?.transpose(1, 2)?; // [B, g*g, W]
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, self.cfg.width))?
+            .broadcast_as((b, 1, self.cfg.width))?;
+        let x = Tensor::cat(&[&cls.contiguous()?, &x.contiguous()?], 1)?; // [B, 1 + g*g, W]
+        let x = x.broadcast_add(&self.pos_embedding)?;
+        self.ln_pre.forward(&x, self.kernels)
+    }
+
+    /// Run the tower and return the taps (1-based block indices) and the global embedding.
+    ///
+    /// # Shapes
+    /// `pixels`: [B, 3, S, S]; see [`VisionOutput`].
+    pub fn forward(&self, pixels: &Tensor, taps: &[usize]) -> Result<VisionOutput> {
+        if let Some(&bad) = taps.iter().find(|&&t| t == 0 || t > self.blocks.len()) {
+            return Err(ClipError::Config(format!(
+                "tap layer {bad} is outside 1..={} (the vision tower's blocks)",
+                self.blocks.len()
+            )));
+        }
+        let mut x = self.embed(pixels)?;
+        let mut layers = Vec::with_capacity(taps.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, None, self.kernels)?;
+            if taps.contains(&(i + 1)) {
+                layers.push((i + 1, x.clone()));
+            }
+        }
+        // Keep the caller's tap order.
+        layers.sort_by_key(|(i, _)| taps.iter().position(|t| t == i));
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?; // [B, W]
+        let global = self.project(&self.ln_post.forward(&cls, self.kernels)?)?;
+        Ok(VisionOutput {
+            layers,
+            global,
+            grid: self.grid(),
+        })
+    }
+
+    /// `ln_post` then the visual projection, for any tokens `[.., W]` → `[.., D]`
+    /// (some heads map dense tokens into the joint space this way).
+    pub fn post_project(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.project(&self.ln_post.forward(tokens, self.kernels)?)
+    }
+
+    fn project(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let rows = x.elem_count() / self.cfg.width;
+        let y = x.reshape((rows, self.cfg.width))?.matmul(&self.proj.t()?)?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.proj.dim(0)?;
+        Ok(y.reshape(out)?)
+    }
+
+    /// The projection matrix as a Linear weight `[D, W]`.
+    pub fn projection(&self) -> &Tensor {
+        &self.proj
+    }
+
+    /// Number of blocks.
+    pub fn depth(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
+/// Resize a `[1 + g0*g0, W]` positional embedding to `[1 + g1*g1, W]`: the class row is kept,
+/// the grid is resized as a W-channel image with antialiased bicubic (PyTorch semantics).
+pub fn resize_pos_embed(pos: &Tensor, g0: usize, g1: usize) -> Result<Tensor> {
+    let (n, w) = pos.dims2()?;
+    if n != g0 * g0 + 1 {
+        return Err(ClipError::BadShape {
+            name: "positional embedding".into(),
+            got: vec![n, w],
+            expected: vec![g0 * g0 + 1, w],
+        });
+    }
+    if g0 == g1 {
+        return Ok(pos.clone());
+    }
+    let cls = pos.narrow(0, 0, 1)?;
+    let grid = pos.narrow(0, 1, g0 * g0)?.t()?.contiguous()?; // [W, g0*g0]
+    let data = grid
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    let resized = resize_planar_f32(&data, w, (g0, g0), (g1, g1), Filter::Bicubic);
+    let grid = Tensor::from_vec(resized, (w, g1 * g1), pos.device())?
+        .t()?
+        .to_dtype(pos.dtype())?; // [g1*g1, W]
+    Ok(Tensor::cat(&[&cls, &grid.contiguous()?], 0)?)
+}

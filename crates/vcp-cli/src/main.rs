@@ -1,1 +1,49 @@
-fn main() {}
+//! `vcp`: the command line of the VCP-CLIP research workspace.
+
+mod cmd_demo;
+mod cmd_eval_maps;
+mod cmd_features;
+mod cmd_tokenize;
+mod util;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "vcp", version, about = "CLIP-based zero-shot anomaly segmentation (VCP-CLIP) in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print CLIP token ids (JSON, one list per text).
+    Tokenize(cmd_tokenize::Args),
+    /// Write an image's tapped residual streams and global embedding to safetensors.
+    Features(cmd_features::FeaturesArgs),
+    /// Write projected text embeddings to safetensors.
+    TextEmbed(cmd_features::TextArgs),
+    /// Score anomaly maps (.npy) of any method against a meta.json dataset.
+    EvalMaps(cmd_eval_maps::Args),
+    /// End-to-end smoke run on the embedded default (tiny random CLIP, synthetic images).
+    Demo(cmd_demo::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tokenize(a) => cmd_tokenize::run(a),
+        Command::Features(a) => cmd_features::run_features(a),
+        Command::TextEmbed(a) => cmd_features::run_text(a),
+        Command::EvalMaps(a) => cmd_eval_maps::run(a),
+        Command::Demo(a) => cmd_demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", util::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -17,13 +17,14 @@ pub mod error;
 pub mod io;
 pub mod model;
 pub mod preprocess;
-pub mod resample;
 pub mod text;
 pub mod tokenizer;
 pub mod torchscript;
 pub mod vision;
 pub mod weights;
 
+/// Pillow/PyTorch-exact resampling (lives in `vcp-data`, which has no tensor dependency).
+pub use vcp_data::resample;
 pub use block::Kernels;
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig, WeightFormat};
 pub use error::{ClipError, Result};

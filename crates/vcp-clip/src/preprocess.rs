@@ -3,7 +3,7 @@
 //! The resize is a bit-exact port of Pillow's, so our pixels equal torchvision's.
 
 use crate::error::{ClipError, Result};
-use crate::resample::{resize_u8_pil, Filter};
+use vcp_data::resample::{resize_u8_pil, Filter};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 

@@ -271,8 +271,9 @@ impl TextTower {
         self.pool_project(&hidden, eot)
     }
 
-    /// Standard CLIP text encoding from token ids; EOT = position of the largest id (as OpenAI's
-    /// `argmax`), which is the end-of-text token when no added special token is present.
+    /// Standard CLIP text encoding from token ids. EOT = first position of the end-of-text id
+    /// 49407 (HF `eos_token_id` pooling), else of the largest id (OpenAI's `argmax`); the two agree
+    /// unless an added special token such as `<|class|>` (49408) is present.
     ///
     /// # Shapes
     /// `ids`: [B, L] → [B, D] (not normalised).

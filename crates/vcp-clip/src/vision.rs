@@ -11,7 +11,7 @@
 use crate::block::{Block, Kernels, LayerNorm};
 use crate::config::{Activation, VisionConfig};
 use crate::error::{ClipError, Result};
-use crate::resample::{resize_planar_f32, Filter};
+use vcp_data::resample::{resize_planar_f32, Filter};
 use crate::weights::ClipWeights;
 use candle_core::Tensor;
 

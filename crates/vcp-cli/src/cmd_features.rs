@@ -1,0 +1,95 @@
+//! `vcp features` and `vcp text-embed`: what the backbone computes, written to safetensors for
+//! inspection and for comparison with other implementations.
+
+use crate::util::{load_clip, parse_layers, save_safetensors};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use vcp_clip::{Activation, Clip, ClipOptions};
+
+#[derive(clap::Args)]
+pub struct FeaturesArgs {
+    /// Hugging Face CLIP directory or OpenAI-format weight file (.safetensors/.pt/.pth).
+    #[arg(long)]
+    clip: String,
+    /// Input image (png, jpg, bmp, tif).
+    #[arg(long)]
+    image: PathBuf,
+    /// Square input size (positional embedding resized); default: the model's native size.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Blocks whose output to write (1-based); default: every quarter of the depth.
+    #[arg(long)]
+    layers: Option<String>,
+    /// Override the checkpoint's MLP activation.
+    #[arg(long, value_parser = ["gelu", "quick_gelu"])]
+    activation: Option<String>,
+    /// Output .safetensors.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct TextArgs {
+    #[arg(long)]
+    clip: String,
+    #[arg(long, value_parser = ["gelu", "quick_gelu"])]
+    activation: Option<String>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Texts to embed.
+    #[arg(required = true)]
+    text: Vec<String>,
+}
+
+fn activation(s: &Option<String>) -> Result<Option<Activation>> {
+    s.as_deref().map(|a| a.parse::<Activation>()).transpose().map_err(Into::into)
+}
+
+pub fn run_features(a: FeaturesArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let w = load_clip(&a.clip, &dev)?;
+    let depth = w.config.vision.layers;
+    let layers = match &a.layers {
+        Some(s) => parse_layers(s)?,
+        None => (1..=4).map(|q| (depth * q / 4).max(1)).collect(),
+    };
+    let size = a.size.unwrap_or(w.config.vision.image_size);
+    let opts = ClipOptions { image_size: Some(size), activation: activation(&a.activation)?, extra_tokens: 1 };
+    let clip = Clip::new(&w, &opts)?;
+    let pixels = vcp_clip::preprocess::preprocess_file(&a.image, size, &dev)?.unsqueeze(0)?;
+    let out = clip.vision.forward(&pixels, &layers)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    tensors.insert("global".into(), out.global.squeeze(0)?);
+    for (k, t) in &out.layers {
+        tensors.insert(format!("layer_{k}"), t.squeeze(0)?.contiguous()?);
+    }
+    save_safetensors(&tensors, &a.out)?;
+    eprintln!(
+        "wrote {} (global [{}], layers {:?} of [{}, {}])",
+        a.out.display(),
+        out.global.dim(1)?,
+        layers,
+        1 + out.grid * out.grid,
+        clip.vision.width()
+    );
+    Ok(())
+}
+
+pub fn run_text(a: TextArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let w = load_clip(&a.clip, &dev)?;
+    let clip = Clip::new(&w, &ClipOptions { activation: activation(&a.activation)?, ..Default::default() })?;
+    let tok = vcp_clip::Tokenizer::vcp()?;
+    let ctx = clip.text.context_length();
+    let ids: Vec<u32> =
+        a.text.iter().map(|t| tok.tokenize(t, ctx, true)).collect::<Result<Vec<_>, _>>()?.concat();
+    let ids = Tensor::from_vec(ids, (a.text.len(), ctx), &dev)?;
+    let emb = clip.text.forward_ids(&ids).context("text forward")?;
+    let mut tensors = HashMap::new();
+    tensors.insert("text".to_string(), emb);
+    save_safetensors(&tensors, &a.out)?;
+    eprintln!("wrote {} (text [{}, {}])", a.out.display(), a.text.len(), clip.text.embed_dim()?);
+    Ok(())
+}

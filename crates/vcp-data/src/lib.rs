@@ -1,0 +1,17 @@
+//! # vcp-data: datasets for zero-shot anomaly segmentation
+//!
+//! No tensor library: plain arrays for images, masks and maps.
+//! * [`meta`]: the `meta.json` convention (APRIL-GAN / AnomalyCLIP / VCP-CLIP), strict.
+//! * [`mask`]: masks read as the references do (Pillow bilinear resize, `> 0.5`).
+//! * [`npy`]: 2-D float maps in NumPy format.
+//! * [`resample`]: Pillow- and PyTorch-exact antialiased resampling.
+
+pub mod error;
+pub mod io;
+pub mod mask;
+pub mod meta;
+pub mod npy;
+pub mod resample;
+
+pub use error::{DataError, Result};
+pub use meta::{Meta, Record, Split};

@@ -1,0 +1,168 @@
+//! The `meta.json` convention of APRIL-GAN / AnomalyCLIP / VCP-CLIP:
+//! `{"train": {cls: [rec]}, "test": {cls: [rec]}}` with
+//! `rec = {img_path, mask_path ("" = normal), cls_name, specie_name, anomaly (0/1), dataset_name?}`,
+//! paths relative to the dataset root. Category order is the file's order.
+
+use crate::error::{DataError, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub img_path: String,
+    pub mask_path: String,
+    pub cls_name: String,
+    #[serde(default)]
+    pub specie_name: String,
+    pub anomaly: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_name: Option<String>,
+}
+
+/// Categories in file order, each with its records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Split(pub Vec<(String, Vec<Record>)>);
+
+impl Split {
+    pub fn categories(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(c, _)| c.as_str())
+    }
+    pub fn get(&self, cls: &str) -> Option<&[Record]> {
+        self.0.iter().find(|(c, _)| c == cls).map(|(_, r)| r.as_slice())
+    }
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|(_, r)| r.len()).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Meta {
+    pub train: Split,
+    pub test: Split,
+}
+
+fn parse_split(path: &Path, name: &str, v: Option<&serde_json::Value>) -> Result<Split> {
+    let Some(v) = v else { return Ok(Split::default()) };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| DataError::file(path, format!("`{name}` must be an object of categories")))?;
+    let mut out = Vec::new();
+    for (cls, recs) in obj {
+        let arr = recs
+            .as_array()
+            .ok_or_else(|| DataError::file(path, format!("`{name}.{cls}` must be a list of records")))?;
+        let mut records = Vec::with_capacity(arr.len());
+        for (i, r) in arr.iter().enumerate() {
+            let rec: Record = serde_json::from_value(r.clone())
+                .map_err(|e| DataError::file(path, format!("`{name}.{cls}[{i}]`: {e}")))?;
+            if rec.anomaly > 1 {
+                return Err(DataError::file(path, format!("`{name}.{cls}[{i}]`: anomaly must be 0 or 1")));
+            }
+            for p in [&rec.img_path, &rec.mask_path] {
+                if !p.is_empty() && !is_inside(p) {
+                    return Err(DataError::file(
+                        path,
+                        format!("`{name}.{cls}[{i}]`: path `{p}` points outside the dataset root"),
+                    ));
+                }
+            }
+            records.push(rec);
+        }
+        out.push((cls.clone(), records));
+    }
+    Ok(Split(out))
+}
+
+/// Relative, without `..` escaping the root.
+fn is_inside(p: &str) -> bool {
+    let path = Path::new(p);
+    let mut depth: i64 = 0;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+impl Meta {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| DataError::file(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| DataError::file(path, format!("invalid JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| DataError::file(path, "top level must be an object"))?;
+        if let Some(k) = obj.keys().find(|k| *k != "train" && *k != "test") {
+            return Err(DataError::file(path, format!("unknown key `{k}` (expected `train` and `test`)")));
+        }
+        // serde_json is built with `preserve_order`, so categories come in file order.
+        Ok(Meta {
+            train: parse_split(path, "train", obj.get("train"))?,
+            test: parse_split(path, "test", obj.get("test"))?,
+        })
+    }
+
+    /// Write atomically as pretty JSON, categories in order.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut s = String::from("{\n");
+        for (i, (name, split)) in [("train", &self.train), ("test", &self.test)].iter().enumerate() {
+            s.push_str(&format!("  \"{name}\": {{"));
+            for (j, (cls, recs)) in split.0.iter().enumerate() {
+                s.push_str(if j == 0 { "\n" } else { ",\n" });
+                s.push_str(&format!("    {}: {}", serde_json::to_string(cls).unwrap(), serde_json::to_string(recs).unwrap()));
+            }
+            s.push_str(if split.0.is_empty() { "}" } else { "\n  }" });
+            s.push_str(if i == 0 { ",\n" } else { "\n" });
+        }
+        s.push_str("}\n");
+        crate::io::write_atomic(path, s.as_bytes())
+    }
+}
+
+/// Resolve a record path against the dataset root.
+pub fn resolve(root: &Path, rel: &str) -> PathBuf {
+    root.join(rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_file_order_and_rejects_bad_input() {
+        let text = r#"{"train": {}, "test": {"zeta": [], "alpha": [{"img_path": "a/b.png", "mask_path": "", "cls_name": "alpha", "specie_name": "good", "anomaly": 0}]}}"#;
+        let m = Meta::parse(text, Path::new("m.json")).unwrap();
+        assert_eq!(m.test.categories().collect::<Vec<_>>(), vec!["zeta", "alpha"]);
+        let bad = text.replace("\"specie_name\"", "\"colour\": 1, \"specie_name\"");
+        let e = Meta::parse(&bad, Path::new("m.json")).unwrap_err().to_string();
+        assert!(e.contains("m.json") && e.contains("colour") && e.contains("test.alpha[0]"), "{e}");
+        let out = text.replace("a/b.png", "../../etc/passwd");
+        assert!(Meta::parse(&out, Path::new("m.json")).unwrap_err().to_string().contains("outside"));
+        assert!(Meta::parse(r#"{"val": {}}"#, Path::new("m.json")).is_err());
+    }
+
+    #[test]
+    fn save_roundtrip() {
+        let text = r#"{"train": {}, "test": {"b": [{"img_path": "x.png", "mask_path": "m.png", "cls_name": "b", "specie_name": "anomaly", "anomaly": 1}], "a": []}}"#;
+        let m = Meta::parse(text, Path::new("m.json")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("meta.json");
+        m.save(&p).unwrap();
+        assert_eq!(Meta::load(&p).unwrap(), m);
+    }
+}

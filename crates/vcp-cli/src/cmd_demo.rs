@@ -23,14 +23,22 @@ pub struct Args {
 fn synth(i: usize, size: usize) -> (Vec<u8>, Vec<bool>) {
     let mut rgb = vec![0u8; size * size * 3];
     let mut mask = vec![false; size * size];
-    let (cy, cx, r) = (size / 3 + (i * 7) % (size / 3), size / 3 + (i * 13) % (size / 3), size / 8);
+    let (cy, cx, r) = (
+        size / 3 + (i * 7) % (size / 3),
+        size / 3 + (i * 13) % (size / 3),
+        size / 8,
+    );
     for y in 0..size {
         for x in 0..size {
             let t = (((x + i) / 6 + y / 6) % 2) as u8 * 60 + 80;
             let d = i % 2 == 1 && y.abs_diff(cy) < r && x.abs_diff(cx) < r;
             mask[y * size + x] = d;
             let v = if d { 250 } else { t };
-            rgb[(y * size + x) * 3..(y * size + x) * 3 + 3].copy_from_slice(&[v, v / 2 + 40, 255 - v]);
+            rgb[(y * size + x) * 3..(y * size + x) * 3 + 3].copy_from_slice(&[
+                v,
+                v / 2 + 40,
+                255 - v,
+            ]);
         }
     }
     (rgb, mask)
@@ -44,14 +52,25 @@ pub fn run(a: Args) -> Result<()> {
     let size = cfg.vision.image_size;
     let clip = Clip::new(&w, &ClipOptions::default())?;
     let tok = vcp_clip::Tokenizer::vcp()?;
-    let prompts = ["a photo of a flawless object.", "a photo of a damaged object."];
-    let ids: Vec<u32> = prompts.iter().map(|p| tok.tokenize(p, 77, false)).collect::<Result<Vec<_>, _>>()?.concat();
-    let text = clip.text.forward_ids(&Tensor::from_vec(ids, (2, 77), &dev)?)?; // [2, D]
+    let prompts = [
+        "a photo of a flawless object.",
+        "a photo of a damaged object.",
+    ];
+    let ids: Vec<u32> = prompts
+        .iter()
+        .map(|p| tok.tokenize(p, 77, false))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
+    let text = clip
+        .text
+        .forward_ids(&Tensor::from_vec(ids, (2, 77), &dev)?)?; // [2, D]
     let text = text.broadcast_div(&text.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
 
     let (imgs, masks): (Vec<_>, Vec<_>) = (0..a.images).map(|i| synth(i, size)).unzip();
-    let pixels: Vec<Tensor> =
-        imgs.iter().map(|rgb| vcp_clip::preprocess::normalize(rgb, size, &dev)).collect::<Result<_, _>>()?;
+    let pixels: Vec<Tensor> = imgs
+        .iter()
+        .map(|rgb| vcp_clip::preprocess::normalize(rgb, size, &dev))
+        .collect::<Result<_, _>>()?;
     let pixels = Tensor::stack(&pixels, 0)?;
     let taps = [3, 6, 9, 12];
     let out = clip.vision.forward(&pixels, &taps)?;
@@ -62,7 +81,9 @@ pub fn run(a: Args) -> Result<()> {
         let p = clip.vision.post_project(&t.narrow(1, 1, g * g)?)?; // [B, g*g, D]
         let p = p.broadcast_div(&p.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
         let logits = (p.broadcast_matmul(&text.t()?)? * 100.0)?; // [B, g*g, 2]
-        let prob = candle_nn::ops::softmax_last_dim(&logits)?.narrow(2, 1, 1)?.squeeze(2)?;
+        let prob = candle_nn::ops::softmax_last_dim(&logits)?
+            .narrow(2, 1, 1)?
+            .squeeze(2)?;
         acc = Some(match acc {
             Some(a) => (a + prob)?,
             None => prob,
@@ -70,18 +91,35 @@ pub fn run(a: Args) -> Result<()> {
     }
     let maps = (acc.unwrap() / taps.len() as f64)?.reshape((a.images, g, g))?;
     // Nearest upsampling of the patch grid to pixels for scoring.
-    let maps = maps.unsqueeze(1)?.upsample_nearest2d(size, size)?.squeeze(1)?.to_vec3::<f32>()?;
+    let maps = maps
+        .unsqueeze(1)?
+        .upsample_nearest2d(size, size)?
+        .squeeze(1)?
+        .to_vec3::<f32>()?;
     let flat: Vec<Vec<f32>> = maps.into_iter().map(|m| m.concat()).collect();
     let refs: Vec<MapRef> = flat
         .iter()
         .zip(&masks)
-        .map(|(s, m)| MapRef { scores: s, mask: m, height: size, width: size })
+        .map(|(s, m)| MapRef {
+            scores: s,
+            mask: m,
+            height: size,
+            width: size,
+        })
         .collect();
     let labels: Vec<bool> = (0..a.images).map(|i| i % 2 == 1).collect();
-    let scores: Vec<f32> = flat.iter().map(|m| crate::cmd_eval_maps::top1_percent(m)).collect();
+    let scores: Vec<f32> = flat
+        .iter()
+        .map(|m| crate::cmd_eval_maps::top1_percent(m))
+        .collect();
     let report = evaluate_category(&refs, &labels, &scores)?;
     let rows = vec![("synthetic".to_string(), report.metrics)];
-    let md = crate::cmd_eval_maps::write_outputs(&a.out, &rows, &report.warnings, "mean of each map's top 1%")?;
+    let md = crate::cmd_eval_maps::write_outputs(
+        &a.out,
+        &rows,
+        &report.warnings,
+        "mean of each map's top 1%",
+    )?;
     let _ = mean_over_categories(&rows);
     println!("Demo: tiny random CLIP ({} images at {size} px, taps {taps:?}), zero-shot prompts {prompts:?}", a.images);
     println!("{md}");

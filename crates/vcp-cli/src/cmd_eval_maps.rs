@@ -48,17 +48,28 @@ fn read_scores(path: &Path) -> Result<HashMap<String, f32>> {
     let mut lines = text.lines();
     let header = lines.next().unwrap_or("").trim();
     if header.replace(' ', "") != "img_path,score" {
-        bail!("{}: header must be `img_path,score`, found `{header}`", path.display());
+        bail!(
+            "{}: header must be `img_path,score`, found `{header}`",
+            path.display()
+        );
     }
     let mut out = HashMap::new();
     for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let (p, s) = line
-            .rsplit_once(',')
-            .with_context(|| format!("{}: line {}: expected `img_path,score`", path.display(), i + 2))?;
-        let v: f32 = s
-            .trim()
-            .parse()
-            .with_context(|| format!("{}: line {}: `{}` is not a number", path.display(), i + 2, s.trim()))?;
+        let (p, s) = line.rsplit_once(',').with_context(|| {
+            format!(
+                "{}: line {}: expected `img_path,score`",
+                path.display(),
+                i + 2
+            )
+        })?;
+        let v: f32 = s.trim().parse().with_context(|| {
+            format!(
+                "{}: line {}: `{}` is not a number",
+                path.display(),
+                i + 2,
+                s.trim()
+            )
+        })?;
         if !v.is_finite() {
             bail!("{}: line {}: score is not finite", path.display(), i + 2);
         }
@@ -76,11 +87,19 @@ struct Loaded {
     image_score: f32,
 }
 
-fn load_record(r: &Record, root: &Path, maps: &Path, given: &Option<HashMap<String, f32>>) -> Result<Loaded> {
+fn load_record(
+    r: &Record,
+    root: &Path,
+    maps: &Path,
+    given: &Option<HashMap<String, f32>>,
+) -> Result<Loaded> {
     let map_path = maps.join(Path::new(&r.img_path).with_extension("npy"));
     let a = npy::read_f32_2d(&map_path)?;
     if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
-        bail!("{}: non-finite value (NaN or inf) at pixel {i}", map_path.display());
+        bail!(
+            "{}: non-finite value (NaN or inf) at pixel {i}",
+            map_path.display()
+        );
     }
     let m = if r.mask_path.is_empty() {
         vec![false; a.height * a.width]
@@ -92,14 +111,24 @@ fn load_record(r: &Record, root: &Path, maps: &Path, given: &Option<HashMap<Stri
         mask::load_mask(&mp, a.height, a.width, index)?
     };
     let image_score = match given {
-        Some(g) => *g.get(&r.img_path).with_context(|| format!("no score for `{}` in the scores file", r.img_path))?,
+        Some(g) => *g
+            .get(&r.img_path)
+            .with_context(|| format!("no score for `{}` in the scores file", r.img_path))?,
         None => top1_percent(&a.data),
     };
-    Ok(Loaded { scores: a.data, mask: m, height: a.height, width: a.width, label: r.anomaly == 1, image_score })
+    Ok(Loaded {
+        scores: a.data,
+        mask: m,
+        height: a.height,
+        width: a.width,
+        label: r.anomaly == 1,
+        image_score,
+    })
 }
 
 pub fn pct(v: Option<f64>) -> String {
-    v.map(|x| format!("{:.2}", x * 100.0)).unwrap_or_else(|| "n/a".into())
+    v.map(|x| format!("{:.2}", x * 100.0))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 /// Columns as the reference repositories print them (`iou` for iou_px), plus `aupro30_px`.
@@ -123,12 +152,21 @@ pub fn markdown_table(rows: &[(String, CategoryMetrics)], mean: &CategoryMetrics
     s.push_str(" threshold |\n|:--|");
     s.push_str(&"--:|".repeat(TABLE_COLUMNS.len() + 1));
     s.push('\n');
-    for (name, m) in rows.iter().map(|(n, m)| (n.as_str(), m)).chain(std::iter::once(("mean", mean))) {
+    for (name, m) in rows
+        .iter()
+        .map(|(n, m)| (n.as_str(), m))
+        .chain(std::iter::once(("mean", mean)))
+    {
         s.push_str(&format!("| {name} |"));
         for (k, _) in TABLE_COLUMNS {
             s.push_str(&format!(" {} |", pct(m.get(k))));
         }
-        s.push_str(&format!(" {} |\n", m.f1_px_threshold.map(|t| format!("{t:.3}")).unwrap_or_else(|| "".into())));
+        s.push_str(&format!(
+            " {} |\n",
+            m.f1_px_threshold
+                .map(|t| format!("{t:.3}"))
+                .unwrap_or_else(|| "".into())
+        ));
     }
     s
 }
@@ -140,7 +178,11 @@ pub fn csv_table(rows: &[(String, CategoryMetrics)], mean: &CategoryMetrics) -> 
         s.push_str(h);
     }
     s.push_str(",threshold\n");
-    for (name, m) in rows.iter().map(|(n, m)| (n.as_str(), m)).chain(std::iter::once(("mean", mean))) {
+    for (name, m) in rows
+        .iter()
+        .map(|(n, m)| (n.as_str(), m))
+        .chain(std::iter::once(("mean", mean)))
+    {
         s.push_str(name);
         for (k, _) in TABLE_COLUMNS {
             s.push(',');
@@ -178,7 +220,10 @@ pub fn write_outputs(
         "notes": all_notes,
         "columns": COLUMNS,
     });
-    vcp_data::io::write_atomic(&out.join("metrics.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    vcp_data::io::write_atomic(
+        &out.join("metrics.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     vcp_data::io::write_atomic(&out.join("metrics.csv"), csv_table(rows, &mean).as_bytes())?;
     let md = markdown_table(rows, &mean);
     let mut doc = md.clone();
@@ -192,7 +237,10 @@ pub fn write_outputs(
 
 pub fn run(a: Args) -> Result<()> {
     let meta = Meta::load(&a.meta)?;
-    let root = a.root.clone().unwrap_or_else(|| a.meta.parent().map(Path::to_path_buf).unwrap_or_default());
+    let root = a
+        .root
+        .clone()
+        .unwrap_or_else(|| a.meta.parent().map(Path::to_path_buf).unwrap_or_default());
     let given = a.scores.as_deref().map(read_scores).transpose()?;
     let image_score = match &a.scores {
         Some(p) => format!("from {}", p.display()),
@@ -202,9 +250,11 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: the `test` split has no records", a.meta.display());
     }
     let bar = ProgressBar::new(meta.test.len() as u64).with_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} maps {elapsed_precise} eta {eta}")
-            .unwrap()
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} maps {elapsed_precise} eta {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
     );
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -215,7 +265,8 @@ pub fn run(a: Args) -> Result<()> {
             .par_iter()
             .enumerate()
             .map(|(i, r)| {
-                let l = load_record(r, &root, &a.maps, &given).with_context(|| format!("record test.{cls}[{i}]"));
+                let l = load_record(r, &root, &a.maps, &given)
+                    .with_context(|| format!("record test.{cls}[{i}]"));
                 bar.inc(1);
                 (i, l)
             })
@@ -224,7 +275,11 @@ pub fn run(a: Args) -> Result<()> {
         for (i, l) in loaded {
             match l {
                 Ok(l) => ok.push(l),
-                Err(e) if a.skip_missing => skipped.push(format!("{} ({})", recs[i].img_path, crate::util::one_line(&e))),
+                Err(e) if a.skip_missing => skipped.push(format!(
+                    "{} ({})",
+                    recs[i].img_path,
+                    crate::util::one_line(&e)
+                )),
                 Err(e) => return Err(e),
             }
         }
@@ -232,11 +287,19 @@ pub fn run(a: Args) -> Result<()> {
             notes.push(format!("{cls}: no usable maps; left out"));
             continue;
         }
-        let maps: Vec<MapRef> =
-            ok.iter().map(|l| MapRef { scores: &l.scores, mask: &l.mask, height: l.height, width: l.width }).collect();
+        let maps: Vec<MapRef> = ok
+            .iter()
+            .map(|l| MapRef {
+                scores: &l.scores,
+                mask: &l.mask,
+                height: l.height,
+                width: l.width,
+            })
+            .collect();
         let labels: Vec<bool> = ok.iter().map(|l| l.label).collect();
         let scores: Vec<f32> = ok.iter().map(|l| l.image_score).collect();
-        let report = evaluate_category(&maps, &labels, &scores).with_context(|| format!("category {cls}"))?;
+        let report = evaluate_category(&maps, &labels, &scores)
+            .with_context(|| format!("category {cls}"))?;
         for w in &report.warnings {
             bar.suspend(|| eprintln!("warning: {cls}: {w}"));
             notes.push(format!("{cls}: {w}"));
@@ -249,11 +312,18 @@ pub fn run(a: Args) -> Result<()> {
         for s in skipped.iter().take(20) {
             eprintln!("  {s}");
         }
-        notes.push(format!("skipped {} records: {}", skipped.len(), skipped.join("; ")));
+        notes.push(format!(
+            "skipped {} records: {}",
+            skipped.len(),
+            skipped.join("; ")
+        ));
     }
     let out = a.out.clone().unwrap_or_else(|| a.maps.clone());
     let md = write_outputs(&out, &rows, &notes, &image_score)?;
     println!("{md}");
-    println!("Image score: {image_score}. Wrote {}/metrics.{{json,csv,md}}", out.display());
+    println!(
+        "Image score: {image_score}. Wrote {}/metrics.{{json,csv,md}}",
+        out.display()
+    );
     Ok(())
 }

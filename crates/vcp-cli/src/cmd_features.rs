@@ -28,6 +28,9 @@ pub struct FeaturesArgs {
     /// Output .safetensors.
     #[arg(long)]
     out: PathBuf,
+    /// Also time N more forwards of the same input and print the mean (benchmarks).
+    #[arg(long, default_value_t = 0, hide = true)]
+    bench_iters: usize,
 }
 
 #[derive(clap::Args)]
@@ -44,7 +47,10 @@ pub struct TextArgs {
 }
 
 fn activation(s: &Option<String>) -> Result<Option<Activation>> {
-    s.as_deref().map(|a| a.parse::<Activation>()).transpose().map_err(Into::into)
+    s.as_deref()
+        .map(|a| a.parse::<Activation>())
+        .transpose()
+        .map_err(Into::into)
 }
 
 pub fn run_features(a: FeaturesArgs) -> Result<()> {
@@ -56,10 +62,26 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
         None => (1..=4).map(|q| (depth * q / 4).max(1)).collect(),
     };
     let size = a.size.unwrap_or(w.config.vision.image_size);
-    let opts = ClipOptions { image_size: Some(size), activation: activation(&a.activation)?, extra_tokens: 1 };
+    let opts = ClipOptions {
+        image_size: Some(size),
+        activation: activation(&a.activation)?,
+        extra_tokens: 1,
+    };
     let clip = Clip::new(&w, &opts)?;
     let pixels = vcp_clip::preprocess::preprocess_file(&a.image, size, &dev)?.unsqueeze(0)?;
     let out = clip.vision.forward(&pixels, &layers)?;
+    if a.bench_iters > 0 {
+        let t0 = std::time::Instant::now();
+        for _ in 0..a.bench_iters {
+            clip.vision.forward(&pixels, &layers)?;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1000.0 / a.bench_iters as f64;
+        println!(
+            "{{\"forward_ms\": {ms:.2}, \"iters\": {}, \"threads\": {}}}",
+            a.bench_iters,
+            rayon::current_num_threads()
+        );
+    }
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     tensors.insert("global".into(), out.global.squeeze(0)?);
     for (k, t) in &out.layers {
@@ -80,16 +102,31 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
 pub fn run_text(a: TextArgs) -> Result<()> {
     let dev = Device::Cpu;
     let w = load_clip(&a.clip, &dev)?;
-    let clip = Clip::new(&w, &ClipOptions { activation: activation(&a.activation)?, ..Default::default() })?;
+    let clip = Clip::new(
+        &w,
+        &ClipOptions {
+            activation: activation(&a.activation)?,
+            ..Default::default()
+        },
+    )?;
     let tok = vcp_clip::Tokenizer::vcp()?;
     let ctx = clip.text.context_length();
-    let ids: Vec<u32> =
-        a.text.iter().map(|t| tok.tokenize(t, ctx, true)).collect::<Result<Vec<_>, _>>()?.concat();
+    let ids: Vec<u32> = a
+        .text
+        .iter()
+        .map(|t| tok.tokenize(t, ctx, true))
+        .collect::<Result<Vec<_>, _>>()?
+        .concat();
     let ids = Tensor::from_vec(ids, (a.text.len(), ctx), &dev)?;
     let emb = clip.text.forward_ids(&ids).context("text forward")?;
     let mut tensors = HashMap::new();
     tensors.insert("text".to_string(), emb);
     save_safetensors(&tensors, &a.out)?;
-    eprintln!("wrote {} (text [{}, {}])", a.out.display(), a.text.len(), clip.text.embed_dim()?);
+    eprintln!(
+        "wrote {} (text [{}, {}])",
+        a.out.display(),
+        a.text.len(),
+        clip.text.embed_dim()?
+    );
     Ok(())
 }

@@ -13,9 +13,16 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    anyhow::ensure!(a.context >= 2, "--context must be at least 2 (start and end tokens)");
+    anyhow::ensure!(
+        a.context >= 2,
+        "--context must be at least 2 (start and end tokens)"
+    );
     let tok = vcp_clip::Tokenizer::vcp()?;
-    let ids: Vec<Vec<u32>> = a.text.iter().map(|t| tok.tokenize(t, a.context, true)).collect::<Result<_, _>>()?;
+    let ids: Vec<Vec<u32>> = a
+        .text
+        .iter()
+        .map(|t| tok.tokenize(t, a.context, true))
+        .collect::<Result<_, _>>()?;
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "vcp", version, about = "CLIP-based zero-shot anomaly segmentation (VCP-CLIP) in Rust")]
+#[command(
+    name = "vcp",
+    version,
+    about = "CLIP-based zero-shot anomaly segmentation (VCP-CLIP) in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

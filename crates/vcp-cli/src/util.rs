@@ -32,7 +32,11 @@ pub fn load_clip(spec: &str, device: &Device) -> Result<ClipWeights> {
 /// Parse `6,12,18,24`.
 pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
     s.split(',')
-        .map(|x| x.trim().parse::<usize>().with_context(|| format!("--layers: `{x}` is not a layer number")))
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--layers: `{x}` is not a layer number"))
+        })
         .collect()
 }
 

@@ -302,19 +302,19 @@ impl ClipConfig {
     pub fn validate(&self) -> Result<()> {
         let v = &self.vision;
         let t = &self.text;
-        if v.heads == 0 || v.width % v.heads != 0 {
+        if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
             return Err(ClipError::Config(format!(
                 "vision width {} is not divisible by {} heads",
                 v.width, v.heads
             )));
         }
-        if t.heads == 0 || t.width % t.heads != 0 {
+        if t.heads == 0 || !t.width.is_multiple_of(t.heads) {
             return Err(ClipError::Config(format!(
                 "text width {} is not divisible by {} heads",
                 t.width, t.heads
             )));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(ClipError::Config(format!(
                 "native image size {} is not a multiple of patch size {}",
                 v.image_size, v.patch_size

@@ -23,13 +23,13 @@ pub mod torchscript;
 pub mod vision;
 pub mod weights;
 
-/// Pillow/PyTorch-exact resampling (lives in `vcp-data`, which has no tensor dependency).
-pub use vcp_data::resample;
 pub use block::Kernels;
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig, WeightFormat};
 pub use error::{ClipError, Result};
 pub use model::{Clip, ClipOptions};
 pub use text::{InsertedTokens, NoHook, PromptHook, TextTower};
 pub use tokenizer::Tokenizer;
+/// Pillow/PyTorch-exact resampling (lives in `vcp-data`, which has no tensor dependency).
+pub use vcp_data::resample;
 pub use vision::{resize_pos_embed, VisionOutput, VisionTower};
 pub use weights::ClipWeights;

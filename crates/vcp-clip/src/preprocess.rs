@@ -3,11 +3,13 @@
 //! The resize is a bit-exact port of Pillow's, so our pixels equal torchvision's.
 
 use crate::error::{ClipError, Result};
-use vcp_data::resample::{resize_u8_pil, Filter};
 use candle_core::{Device, Tensor};
 use std::path::Path;
+use vcp_data::resample::{resize_u8_pil, Filter};
 
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+// Written exactly as the reference (OpenAI CLIP) writes them; f32 rounds the last digits.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Decode an image file (png, jpg, bmp, tif) to 8-bit RGB; errors name the file.

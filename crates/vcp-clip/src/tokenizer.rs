@@ -276,8 +276,8 @@ pub fn ftfy_like(text: &str) -> String {
                 | 0x206A..=0x206F
                 | 0xFFF9..=0xFFFC => None,
                 0x80..=0x9F => Some(cp1252_char(u as u8).to_string()),
-                0x2018 | 0x2019 | 0x201A | 0x201B => Some("'".into()),
-                0x201C | 0x201D | 0x201E | 0x201F => Some("\"".into()),
+                0x2018..=0x201B => Some("'".into()),
+                0x201C..=0x201F => Some("\"".into()),
                 0xFB00 => Some("ff".into()),
                 0xFB01 => Some("fi".into()),
                 0xFB02 => Some("fl".into()),

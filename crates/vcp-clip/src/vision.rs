@@ -11,9 +11,9 @@
 use crate::block::{Block, Kernels, LayerNorm};
 use crate::config::{Activation, VisionConfig};
 use crate::error::{ClipError, Result};
-use vcp_data::resample::{resize_planar_f32, Filter};
 use crate::weights::ClipWeights;
 use candle_core::Tensor;
+use vcp_data::resample::{resize_planar_f32, Filter};
 
 /// What the image tower returns for a batch.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ impl VisionTower {
     /// Build for input images of `image_size` x `image_size` (a multiple of the patch size).
     pub fn new(w: &ClipWeights, image_size: usize, act: Activation) -> Result<Self> {
         let cfg = w.config.vision.clone();
-        if image_size == 0 || image_size % cfg.patch_size != 0 {
+        if image_size == 0 || !image_size.is_multiple_of(cfg.patch_size) {
             return Err(ClipError::Config(format!(
                 "image size {image_size} is not a positive multiple of the patch size {}",
                 cfg.patch_size

@@ -12,7 +12,10 @@ pub enum DataError {
 
 impl DataError {
     pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
-        DataError::File { path: path.into(), msg: msg.to_string() }
+        DataError::File {
+            path: path.into(),
+            msg: msg.to_string(),
+        }
     }
 }
 

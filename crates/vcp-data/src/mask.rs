@@ -23,7 +23,8 @@ pub fn load_grey(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
 pub fn load_mask(path: &Path, height: usize, width: usize, index_mask: bool) -> Result<Vec<bool>> {
     let (mut grey, w, h) = load_grey(path)?;
     if index_mask {
-        grey.iter_mut().for_each(|v| *v = if *v > 0 { 255 } else { 0 });
+        grey.iter_mut()
+            .for_each(|v| *v = if *v > 0 { 255 } else { 0 });
     }
     let grey = if (h, w) != (height, width) {
         resize_u8_pil(&grey, 1, (h, w), (height, width), Filter::Bilinear)

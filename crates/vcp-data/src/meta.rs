@@ -29,7 +29,10 @@ impl Split {
         self.0.iter().map(|(c, _)| c.as_str())
     }
     pub fn get(&self, cls: &str) -> Option<&[Record]> {
-        self.0.iter().find(|(c, _)| c == cls).map(|(_, r)| r.as_slice())
+        self.0
+            .iter()
+            .find(|(c, _)| c == cls)
+            .map(|(_, r)| r.as_slice())
     }
     pub fn len(&self) -> usize {
         self.0.iter().map(|(_, r)| r.len()).sum()
@@ -46,21 +49,26 @@ pub struct Meta {
 }
 
 fn parse_split(path: &Path, name: &str, v: Option<&serde_json::Value>) -> Result<Split> {
-    let Some(v) = v else { return Ok(Split::default()) };
-    let obj = v
-        .as_object()
-        .ok_or_else(|| DataError::file(path, format!("`{name}` must be an object of categories")))?;
+    let Some(v) = v else {
+        return Ok(Split::default());
+    };
+    let obj = v.as_object().ok_or_else(|| {
+        DataError::file(path, format!("`{name}` must be an object of categories"))
+    })?;
     let mut out = Vec::new();
     for (cls, recs) in obj {
-        let arr = recs
-            .as_array()
-            .ok_or_else(|| DataError::file(path, format!("`{name}.{cls}` must be a list of records")))?;
+        let arr = recs.as_array().ok_or_else(|| {
+            DataError::file(path, format!("`{name}.{cls}` must be a list of records"))
+        })?;
         let mut records = Vec::with_capacity(arr.len());
         for (i, r) in arr.iter().enumerate() {
             let rec: Record = serde_json::from_value(r.clone())
                 .map_err(|e| DataError::file(path, format!("`{name}.{cls}[{i}]`: {e}")))?;
             if rec.anomaly > 1 {
-                return Err(DataError::file(path, format!("`{name}.{cls}[{i}]`: anomaly must be 0 or 1")));
+                return Err(DataError::file(
+                    path,
+                    format!("`{name}.{cls}[{i}]`: anomaly must be 0 or 1"),
+                ));
             }
             for p in [&rec.img_path, &rec.mask_path] {
                 if !p.is_empty() && !is_inside(p) {
@@ -104,11 +112,16 @@ impl Meta {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| DataError::file(path, format!("invalid JSON: {e}")))?;
-        let obj = v.as_object().ok_or_else(|| DataError::file(path, "top level must be an object"))?;
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| DataError::file(path, format!("invalid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| DataError::file(path, "top level must be an object"))?;
         if let Some(k) = obj.keys().find(|k| *k != "train" && *k != "test") {
-            return Err(DataError::file(path, format!("unknown key `{k}` (expected `train` and `test`)")));
+            return Err(DataError::file(
+                path,
+                format!("unknown key `{k}` (expected `train` and `test`)"),
+            ));
         }
         // serde_json is built with `preserve_order`, so categories come in file order.
         Ok(Meta {
@@ -120,11 +133,18 @@ impl Meta {
     /// Write atomically as pretty JSON, categories in order.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut s = String::from("{\n");
-        for (i, (name, split)) in [("train", &self.train), ("test", &self.test)].iter().enumerate() {
+        for (i, (name, split)) in [("train", &self.train), ("test", &self.test)]
+            .iter()
+            .enumerate()
+        {
             s.push_str(&format!("  \"{name}\": {{"));
             for (j, (cls, recs)) in split.0.iter().enumerate() {
                 s.push_str(if j == 0 { "\n" } else { ",\n" });
-                s.push_str(&format!("    {}: {}", serde_json::to_string(cls).unwrap(), serde_json::to_string(recs).unwrap()));
+                s.push_str(&format!(
+                    "    {}: {}",
+                    serde_json::to_string(cls).unwrap(),
+                    serde_json::to_string(recs).unwrap()
+                ));
             }
             s.push_str(if split.0.is_empty() { "}" } else { "\n  }" });
             s.push_str(if i == 0 { ",\n" } else { "\n" });
@@ -147,12 +167,23 @@ mod tests {
     fn keeps_file_order_and_rejects_bad_input() {
         let text = r#"{"train": {}, "test": {"zeta": [], "alpha": [{"img_path": "a/b.png", "mask_path": "", "cls_name": "alpha", "specie_name": "good", "anomaly": 0}]}}"#;
         let m = Meta::parse(text, Path::new("m.json")).unwrap();
-        assert_eq!(m.test.categories().collect::<Vec<_>>(), vec!["zeta", "alpha"]);
+        assert_eq!(
+            m.test.categories().collect::<Vec<_>>(),
+            vec!["zeta", "alpha"]
+        );
         let bad = text.replace("\"specie_name\"", "\"colour\": 1, \"specie_name\"");
-        let e = Meta::parse(&bad, Path::new("m.json")).unwrap_err().to_string();
-        assert!(e.contains("m.json") && e.contains("colour") && e.contains("test.alpha[0]"), "{e}");
+        let e = Meta::parse(&bad, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.json") && e.contains("colour") && e.contains("test.alpha[0]"),
+            "{e}"
+        );
         let out = text.replace("a/b.png", "../../etc/passwd");
-        assert!(Meta::parse(&out, Path::new("m.json")).unwrap_err().to_string().contains("outside"));
+        assert!(Meta::parse(&out, Path::new("m.json"))
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         assert!(Meta::parse(r#"{"val": {}}"#, Path::new("m.json")).is_err());
     }
 

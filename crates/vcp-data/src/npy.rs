@@ -33,12 +33,19 @@ pub fn read_f32_2d(path: &Path) -> Result<Array2> {
             if bytes.len() < 12 {
                 return Err(bad("truncated .npy header"));
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(bad(&format!("unsupported .npy version {v}"))),
     };
-    let header = std::str::from_utf8(bytes.get(hstart..hstart + hlen).ok_or_else(|| bad("truncated .npy header"))?)
-        .map_err(|_| bad("corrupt .npy header"))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(hstart..hstart + hlen)
+            .ok_or_else(|| bad("truncated .npy header"))?,
+    )
+    .map_err(|_| bad("corrupt .npy header"))?;
     let descr = header_field(header, "descr").ok_or_else(|| bad("no dtype in .npy header"))?;
     let descr = descr.trim_start_matches(['\'', '"']);
     let elem = if descr.starts_with("<f4") || descr.starts_with("|f4") {
@@ -46,18 +53,28 @@ pub fn read_f32_2d(path: &Path) -> Result<Array2> {
     } else if descr.starts_with("<f8") {
         8
     } else {
-        let d: String = descr.chars().take_while(|c| *c != '\'' && *c != '"').collect();
-        return Err(bad(&format!("dtype `{d}` is not float32 or float64 (little-endian)")));
+        let d: String = descr
+            .chars()
+            .take_while(|c| *c != '\'' && *c != '"')
+            .collect();
+        return Err(bad(&format!(
+            "dtype `{d}` is not float32 or float64 (little-endian)"
+        )));
     };
     let fortran = header_field(header, "fortran_order").is_some_and(|v| v.starts_with("True"));
     let shape_txt = header_field(header, "shape").ok_or_else(|| bad("no shape in .npy header"))?;
     let inner = shape_txt.trim_start_matches('(');
-    let inner = &inner[..inner.find(')').ok_or_else(|| bad("corrupt shape in .npy header"))?];
+    let inner = &inner[..inner
+        .find(')')
+        .ok_or_else(|| bad("corrupt shape in .npy header"))?];
     let dims: Vec<usize> = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad("corrupt shape in .npy header")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad("corrupt shape in .npy header"))
+        })
         .collect::<Result<_>>()?;
     // Accept [H, W] and singleton-padded [1, H, W] / [1, 1, H, W].
     let squeezed: Vec<usize> = {
@@ -68,15 +85,23 @@ pub fn read_f32_2d(path: &Path) -> Result<Array2> {
         d
     };
     if squeezed.len() != 2 {
-        return Err(bad(&format!("expected a 2-D map (H x W), got shape {dims:?}")));
+        return Err(bad(&format!(
+            "expected a 2-D map (H x W), got shape {dims:?}"
+        )));
     }
     let (h, w) = (squeezed[0], squeezed[1]);
     let body = &bytes[hstart + hlen..];
     if body.len() < h * w * elem {
-        return Err(bad(&format!("truncated data: {} bytes for a {h}x{w} map", body.len())));
+        return Err(bad(&format!(
+            "truncated data: {} bytes for a {h}x{w} map",
+            body.len()
+        )));
     }
     let mut data: Vec<f32> = if elem == 4 {
-        body.chunks_exact(4).take(h * w).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        body.chunks_exact(4)
+            .take(h * w)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     } else {
         body.chunks_exact(8)
             .take(h * w)
@@ -92,12 +117,19 @@ pub fn read_f32_2d(path: &Path) -> Result<Array2> {
         }
         data = t;
     }
-    Ok(Array2 { height: h, width: w, data })
+    Ok(Array2 {
+        height: h,
+        width: w,
+        data,
+    })
 }
 
 /// Write a 2-D float32 `.npy` (version 1.0, C order), atomically.
 pub fn write_f32_2d(path: &Path, a: &Array2) -> Result<()> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", a.height, a.width);
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        a.height, a.width
+    );
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
@@ -119,12 +151,19 @@ mod tests {
     fn roundtrip_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.npy");
-        let a = Array2 { height: 2, width: 3, data: vec![1.0, 2.0, 3.0, 4.0, 5.5, -6.0] };
+        let a = Array2 {
+            height: 2,
+            width: 3,
+            data: vec![1.0, 2.0, 3.0, 4.0, 5.5, -6.0],
+        };
         write_f32_2d(&p, &a).unwrap();
         assert_eq!(read_f32_2d(&p).unwrap(), a);
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(read_f32_2d(&p).unwrap_err().to_string().contains("truncated"));
+        assert!(read_f32_2d(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         std::fs::write(&p, b"hello world").unwrap();
         assert!(read_f32_2d(&p).unwrap_err().to_string().contains("m.npy"));
     }

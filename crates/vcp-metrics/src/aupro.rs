@@ -21,7 +21,11 @@ pub fn cflow_thresholds(min: f32, max: f32) -> Option<Vec<f64>> {
     let (lo, hi) = (min as f64, max as f64);
     let len = ((hi - lo) / d).ceil() as usize;
     let step = (lo + d) - lo;
-    Some((0..len).map(|i| if i == 0 { lo } else { lo + i as f64 * step }).collect())
+    Some(
+        (0..len)
+            .map(|i| if i == 0 { lo } else { lo + i as f64 * step })
+            .collect(),
+    )
 }
 
 /// Number of thresholds strictly below `v`, i.e. for how many thresholds `v > t` holds.
@@ -41,13 +45,21 @@ pub struct Histograms {
 
 impl Histograms {
     pub fn new(n_thr: usize, n_regions: usize) -> Self {
-        Self { normal: vec![0; n_thr + 1], regions: vec![vec![0; n_thr + 1]; n_regions] }
+        Self {
+            normal: vec![0; n_thr + 1],
+            regions: vec![vec![0; n_thr + 1]; n_regions],
+        }
     }
 }
 
 /// Finish the cflow AUPRO from histograms merged over the category.
 /// `region_sizes` in the order regions were pooled (image order, then label order).
-pub fn cflow_aupro(normal: &[u64], regions: &[Vec<u64>], region_sizes: &[u64], n_thr: usize) -> Option<f64> {
+pub fn cflow_aupro(
+    normal: &[u64],
+    regions: &[Vec<u64>],
+    region_sizes: &[u64],
+    n_thr: usize,
+) -> Option<f64> {
     let total_normal: u64 = normal.iter().sum();
     if regions.is_empty() || total_normal == 0 {
         return None;
@@ -69,7 +81,11 @@ pub fn cflow_aupro(normal: &[u64], regions: &[Vec<u64>], region_sizes: &[u64], n
     for i in 0..n_thr {
         let fpr = fp[i] as f64 / total_normal as f64;
         if fpr < 0.3 {
-            let pro: f64 = tp.iter().zip(region_sizes).map(|(t, &s)| t[i] as f64 / s as f64).sum::<f64>()
+            let pro: f64 = tp
+                .iter()
+                .zip(region_sizes)
+                .map(|(t, &s)| t[i] as f64 / s as f64)
+                .sum::<f64>()
                 / regions.len() as f64;
             fprs.push(fpr);
             pros.push(pro);
@@ -78,7 +94,11 @@ pub fn cflow_aupro(normal: &[u64], regions: &[Vec<u64>], region_sizes: &[u64], n
     if fprs.len() < 2 {
         return None;
     }
-    let (lo, hi) = fprs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = fprs
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     if hi <= lo {
         return None;
     }
@@ -92,7 +112,11 @@ pub fn cflow_aupro(normal: &[u64], regions: &[Vec<u64>], region_sizes: &[u64], n
     } else {
         return None;
     };
-    let area: f64 = x.windows(2).zip(pros.windows(2)).map(|(xw, yw)| (xw[1] - xw[0]) * (yw[0] + yw[1]) / 2.0).sum();
+    let area: f64 = x
+        .windows(2)
+        .zip(pros.windows(2))
+        .map(|(xw, yw)| (xw[1] - xw[0]) * (yw[0] + yw[1]) / 2.0)
+        .sum();
     Some(direction * area)
 }
 

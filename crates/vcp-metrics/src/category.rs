@@ -20,7 +20,12 @@ pub struct MapRef<'a> {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MetricsError {
     #[error("map {index}: {len} scores or mask pixels for a {height}x{width} map")]
-    Shape { index: usize, len: usize, height: usize, width: usize },
+    Shape {
+        index: usize,
+        len: usize,
+        height: usize,
+        width: usize,
+    },
     #[error("map {index}: non-finite value (NaN or inf) at pixel {pixel}")]
     NonFinite { index: usize, pixel: usize },
     #[error("{labels} image labels for {scores} image scores")]
@@ -47,8 +52,17 @@ pub struct CategoryMetrics {
 }
 
 /// Names and accessors of the metric columns, in the order tables print them.
-pub const COLUMNS: [&str; 9] =
-    ["auroc_px", "aupro_px", "aupro30_px", "ap_px", "f1_px", "iou_px", "auroc_sp", "ap_sp", "f1_sp"];
+pub const COLUMNS: [&str; 9] = [
+    "auroc_px",
+    "aupro_px",
+    "aupro30_px",
+    "ap_px",
+    "f1_px",
+    "iou_px",
+    "auroc_sp",
+    "ap_sp",
+    "f1_sp",
+];
 
 impl CategoryMetrics {
     pub fn get(&self, column: &str) -> Option<f64> {
@@ -130,13 +144,20 @@ pub fn pixel_metrics(maps: &[MapRef]) -> Result<CategoryReport, MetricsError> {
         .par_iter()
         .map(|m| {
             let (labels, sizes) = label8(m.mask, m.height, m.width);
-            let (lo, hi) =
-                m.scores.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let (lo, hi) = m
+                .scores
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
             (labels, sizes, lo, hi)
         })
         .collect();
     let lo = per_image.iter().map(|p| p.2).fold(f32::INFINITY, f32::min);
-    let hi = per_image.iter().map(|p| p.3).fold(f32::NEG_INFINITY, f32::max);
+    let hi = per_image
+        .iter()
+        .map(|p| p.3)
+        .fold(f32::NEG_INFINITY, f32::max);
     let sizes: Vec<u64> = per_image.iter().flat_map(|p| p.1.iter().copied()).collect();
     let n_regions = sizes.len();
     let mut offsets = Vec::with_capacity(maps.len());
@@ -150,7 +171,13 @@ pub fn pixel_metrics(maps: &[MapRef]) -> Result<CategoryReport, MetricsError> {
     let thresholds = cflow_thresholds(lo, hi);
     let n_thr = thresholds.as_ref().map_or(0, |t| t.len());
     let total: usize = maps.iter().map(|m| m.scores.len()).sum();
-    let mut items = vec![Scored { score: 0.0, payload: 0 }; total];
+    let mut items = vec![
+        Scored {
+            score: 0.0,
+            payload: 0
+        };
+        total
+    ];
     let mut chunks = Vec::with_capacity(maps.len());
     let mut rest: &mut [Scored] = &mut items;
     for m in maps {
@@ -165,7 +192,10 @@ pub fn pixel_metrics(maps: &[MapRef]) -> Result<CategoryReport, MetricsError> {
         .map(|((chunk, m), ((labels, sizes, _, _), &off))| {
             let mut h = Histograms::new(n_thr, sizes.len());
             for ((dst, &v), &l) in chunk.iter_mut().zip(m.scores).zip(labels) {
-                *dst = Scored { score: v, payload: if l == 0 { 0 } else { off + l } };
+                *dst = Scored {
+                    score: v,
+                    payload: if l == 0 { 0 } else { off + l },
+                };
                 if let Some(t) = &thresholds {
                     let k = bin(v, t);
                     if l == 0 {
@@ -182,11 +212,15 @@ pub fn pixel_metrics(maps: &[MapRef]) -> Result<CategoryReport, MetricsError> {
 
     let n_pos: u64 = sizes.iter().sum();
     if n_pos == 0 {
-        report.warnings.push("no anomalous pixels: pixel metrics undefined".into());
+        report
+            .warnings
+            .push("no anomalous pixels: pixel metrics undefined".into());
         return Ok(report);
     }
     if n_pos as usize == total {
-        report.warnings.push("no normal pixels: pixel metrics undefined".into());
+        report
+            .warnings
+            .push("no normal pixels: pixel metrics undefined".into());
         return Ok(report);
     }
 
@@ -200,10 +234,14 @@ pub fn pixel_metrics(maps: &[MapRef]) -> Result<CategoryReport, MetricsError> {
         }
         report.metrics.aupro_px = cflow_aupro(&normal, &regions, &sizes, t.len());
         if report.metrics.aupro_px.is_none() {
-            report.warnings.push("aupro_px undefined (fewer than two thresholds with FPR < 0.3)".into());
+            report
+                .warnings
+                .push("aupro_px undefined (fewer than two thresholds with FPR < 0.3)".into());
         }
     } else {
-        report.warnings.push("all maps are constant: aupro_px undefined".into());
+        report
+            .warnings
+            .push("all maps are constant: aupro_px undefined".into());
     }
 
     // One sort for everything else.
@@ -220,21 +258,34 @@ pub fn pixel_metrics(maps: &[MapRef]) -> Result<CategoryReport, MetricsError> {
     m.f1_px_threshold = s.f1_threshold;
     m.iou_px = s.iou;
     m.aupro30_px = s.aupro30;
-    report.curves = Curves { roc_px: s.roc, pr_px: s.pr, pro_px: s.pro };
+    report.curves = Curves {
+        roc_px: s.roc,
+        pr_px: s.pr,
+        pro_px: s.pro,
+    };
     Ok(report)
 }
 
 /// Image-level metrics from one score per image.
-pub fn image_metrics(labels: &[bool], scores: &[f32], into: &mut CategoryReport) -> Result<(), MetricsError> {
+pub fn image_metrics(
+    labels: &[bool],
+    scores: &[f32],
+    into: &mut CategoryReport,
+) -> Result<(), MetricsError> {
     if labels.len() != scores.len() {
-        return Err(MetricsError::ImageCount { labels: labels.len(), scores: scores.len() });
+        return Err(MetricsError::ImageCount {
+            labels: labels.len(),
+            scores: scores.len(),
+        });
     }
     if let Some(index) = scores.iter().position(|v| !v.is_finite()) {
         return Err(MetricsError::NonFinite { index, pixel: 0 });
     }
     let r = binary_metrics(labels, scores);
     if r.auroc.is_none() {
-        into.warnings.push("only one image class (all normal or all anomalous): image metrics undefined".into());
+        into.warnings.push(
+            "only one image class (all normal or all anomalous): image metrics undefined".into(),
+        );
     }
     let m = &mut into.metrics;
     m.auroc_sp = r.auroc;
@@ -245,7 +296,11 @@ pub fn image_metrics(labels: &[bool], scores: &[f32], into: &mut CategoryReport)
 }
 
 /// Pixel and image metrics of one category.
-pub fn evaluate_category(maps: &[MapRef], labels: &[bool], scores: &[f32]) -> Result<CategoryReport, MetricsError> {
+pub fn evaluate_category(
+    maps: &[MapRef],
+    labels: &[bool],
+    scores: &[f32],
+) -> Result<CategoryReport, MetricsError> {
     let mut r = pixel_metrics(maps)?;
     image_metrics(labels, scores, &mut r)?;
     Ok(r)
@@ -258,11 +313,26 @@ pub fn mean_over_categories(cats: &[(String, CategoryMetrics)]) -> (CategoryMetr
     let mut notes = Vec::new();
     for col in COLUMNS {
         let vals: Vec<f64> = cats.iter().filter_map(|(_, m)| m.get(col)).collect();
-        let missing: Vec<&str> = cats.iter().filter(|(_, m)| m.get(col).is_none()).map(|(n, _)| n.as_str()).collect();
+        let missing: Vec<&str> = cats
+            .iter()
+            .filter(|(_, m)| m.get(col).is_none())
+            .map(|(n, _)| n.as_str())
+            .collect();
         if !missing.is_empty() && !vals.is_empty() {
-            notes.push(format!("{col}: mean over {} categories; left out (undefined): {}", vals.len(), missing.join(", ")));
+            notes.push(format!(
+                "{col}: mean over {} categories; left out (undefined): {}",
+                vals.len(),
+                missing.join(", ")
+            ));
         }
-        mean.set(col, if vals.is_empty() { None } else { Some(vals.iter().sum::<f64>() / vals.len() as f64) });
+        mean.set(
+            col,
+            if vals.is_empty() {
+                None
+            } else {
+                Some(vals.iter().sum::<f64>() / vals.len() as f64)
+            },
+        );
     }
     (mean, notes)
 }

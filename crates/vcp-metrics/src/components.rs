@@ -48,7 +48,10 @@ mod tests {
         // 0 1 0 1
         // 0 0 0 0
         // 1 1 0 0
-        let m: Vec<bool> = [1, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0].iter().map(|&v| v == 1).collect();
+        let m: Vec<bool> = [1, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0]
+            .iter()
+            .map(|&v| v == 1)
+            .collect();
         let (l, s) = label8(&m, 4, 4);
         assert_eq!(s, vec![2, 2, 2]);
         assert_eq!(l[0], 1);

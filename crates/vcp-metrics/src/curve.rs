@@ -113,11 +113,11 @@ pub fn sweep(items: &[Scored], region_weight: &[f64], n_regions: usize) -> Sweep
                 pro_area += 0.5 * (y_at + pro_prev_y) * (0.3 - pro_prev_x);
                 pro_done = true;
             }
-            if points % plot_every == 0 {
+            if points.is_multiple_of(plot_every) {
                 r.pro.push((x, y));
             }
         }
-        if points % plot_every == 0 {
+        if points.is_multiple_of(plot_every) {
             r.roc.push((fpr, tpr));
             r.pr.push((recall, precision));
         }
@@ -136,7 +136,11 @@ pub fn sweep(items: &[Scored], region_weight: &[f64], n_regions: usize) -> Sweep
     // IoU of `score > best threshold` against the positives.
     let (tp_above, fp_above) = best_above;
     let union = (tp_above + fp_above) + p - tp_above;
-    r.iou = if union > 0 { Some(tp_above as f64 / union as f64) } else { None };
+    r.iou = if union > 0 {
+        Some(tp_above as f64 / union as f64)
+    } else {
+        None
+    };
     if with_pro {
         r.aupro30 = Some(pro_area / 0.3);
     }
@@ -145,8 +149,14 @@ pub fn sweep(items: &[Scored], region_weight: &[f64], n_regions: usize) -> Sweep
 
 /// Image-level (or any 1-D) metrics: AUROC, AP, F1-max and threshold.
 pub fn binary_metrics(labels: &[bool], scores: &[f32]) -> SweepResult {
-    let mut items: Vec<Scored> =
-        labels.iter().zip(scores).map(|(&l, &s)| Scored { score: s, payload: l as u32 }).collect();
+    let mut items: Vec<Scored> = labels
+        .iter()
+        .zip(scores)
+        .map(|(&l, &s)| Scored {
+            score: s,
+            payload: l as u32,
+        })
+        .collect();
     sort_desc(&mut items);
     sweep(&items, &[], 0)
 }

@@ -1,0 +1,41 @@
+# The workspace's commands. Every recipe is a plain cargo/python command: `just` is a convenience,
+# never a requirement (the README lists the same commands).
+
+default: test
+
+# The main job on the embedded default (for now the end-to-end demo; the ablation runner replaces it).
+ablate *ARGS:
+    cargo run --release -p vcp-cli -- demo {{ARGS}}
+
+# The whole test suite (what CI runs, after fmt and clippy).
+test:
+    cargo test --workspace --release
+
+# Opt-in slow tests.
+test-slow:
+    cargo test --workspace --release -- --ignored
+
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --release --all-targets -- -D warnings
+
+# Criterion benchmarks (vision forward, metrics).
+bench:
+    cargo bench -p vcp-clip --bench vision
+    cargo bench -p vcp-metrics --bench metrics
+
+# Side-by-side speed against the Python references (needs the venv from `just pyenv`).
+bench-metrics:
+    bash tools/bench_metrics.sh
+
+bench-clip-cpu:
+    bash tools/bench_clip_cpu.sh
+
+# Python environment for regenerating fixtures and running the reference benchmarks (~5 GB, ~8 min).
+pyenv:
+    python3 -m venv .venv-ref && .venv-ref/bin/pip install torch==2.11.0 "torchvision==0.26.*" transformers open_clip_torch safetensors numpy scikit-learn scikit-image scipy pillow ftfy
+
+# Regenerate committed fixtures from the Python references.
+fixtures:
+    .venv-ref/bin/python tools/fixtures/make_hf_fixtures.py
+    .venv-ref/bin/python tools/metrics_reference.py --make-cases crates/vcp-metrics/tests/fixtures/cases

@@ -1,0 +1,78 @@
+"""CPU speed of the vision tower: transformers CLIPVisionModel (PyTorch eager) vs `vcp features`, same random
+ViT-B/16 weights, same input, same number of threads. Writes results/bench/clip_cpu.md.
+
+python tools/bench_clip_cpu.py [--threads 2 1] [--iters 10] [--vcp target/release/vcp]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--vcp", default="target/release/vcp")
+    ap.add_argument("--out", default="results/bench/clip_cpu.md")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    cfg = CLIPConfig(
+        projection_dim=512,
+        text_config=dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048,
+                         hidden_act="quick_gelu"),
+        vision_config=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                           patch_size=16, image_size=224, hidden_act="quick_gelu"),
+    )
+    torch.manual_seed(0)
+    CLIPModel(cfg).eval().save_pretrained(tmp)  # random ViT-B/16 in HF format
+    img = os.path.join(tmp, "img.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(img)
+    vision = CLIPVisionModel.from_pretrained(tmp).eval()
+    x = torch.randn(1, 3, 224, 224)
+    rows = []
+    for t in a.threads:
+        torch.set_num_threads(t)
+        with torch.inference_mode():
+            for _ in range(2):
+                vision(pixel_values=x, output_hidden_states=True)
+            t0 = time.perf_counter()
+            for _ in range(a.iters):
+                vision(pixel_values=x, output_hidden_states=True)
+            torch_ms = (time.perf_counter() - t0) * 1000 / a.iters
+        env = dict(os.environ, RAYON_NUM_THREADS=str(t))
+        out = subprocess.run([a.vcp, "features", "--clip", tmp, "--image", img, "--layers", "3,6,9,12",
+                              "--out", os.path.join(tmp, "f.safetensors"), "--bench-iters", str(a.iters)],
+                             env=env, capture_output=True, text=True, check=True)
+        rust_ms = json.loads(out.stdout.strip().splitlines()[-1])["forward_ms"]
+        rows.append((t, torch_ms, rust_ms))
+        print(f"threads {t}: torch {torch_ms:.1f} ms, vcp {rust_ms:.1f} ms, torch/vcp = {torch_ms / rust_ms:.2f}")
+    lines = [
+        "# CPU vision forward: candle (vcp) vs PyTorch eager",
+        "",
+        f"Date: {datetime.date.today()}; machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; torch {torch.__version__}; transformers {__import__('transformers').__version__}.",
+        f"Command: `python tools/bench_clip_cpu.py --iters {a.iters}` (random ViT-B/16, 224 px, batch 1, f32, "
+        "hidden states of every block; vcp taps 3,6,9,12 + global; mean over iterations after warm-up, "
+        "model load excluded).",
+        "",
+        "| threads | PyTorch eager (ms/img) | vcp / candle (ms/img) | speed-up (PyTorch / vcp) |",
+        "|--:|--:|--:|--:|",
+    ]
+    lines += [f"| {t} | {p:.1f} | {r:.1f} | {p / r:.2f}x |" for t, p, r in rows]
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    open(a.out, "w").write("\n".join(lines) + "\n")
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()

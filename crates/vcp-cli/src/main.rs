@@ -4,6 +4,7 @@ mod cmd_demo;
 mod cmd_eval_maps;
 mod cmd_features;
 mod cmd_tokenize;
+mod cmd_weights;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,9 @@ enum Command {
     TextEmbed(cmd_features::TextArgs),
     /// Score anomaly maps (.npy) of any method against a meta.json dataset.
     EvalMaps(cmd_eval_maps::Args),
+    /// Download CLIP weights from the Hugging Face hub (online machines).
+    #[command(subcommand)]
+    Weights(cmd_weights::Command),
     /// End-to-end smoke run on the embedded default (tiny random CLIP, synthetic images).
     Demo(cmd_demo::Args),
 }
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::TextEmbed(a) => cmd_features::run_text(a),
         Command::EvalMaps(a) => cmd_eval_maps::run(a),
         Command::Demo(a) => cmd_demo::run(a),
+        Command::Weights(c) => cmd_weights::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     ap.add_argument("--vcp", default="target/release/vcp")
     ap.add_argument("--out", default="results/bench/clip_cpu.md")
     a = ap.parse_args()
@@ -42,18 +43,24 @@ def main():
     rows = []
     for t in a.threads:
         torch.set_num_threads(t)
-        with torch.inference_mode():
-            for _ in range(2):
-                vision(pixel_values=x, output_hidden_states=True)
-            t0 = time.perf_counter()
-            for _ in range(a.iters):
-                vision(pixel_values=x, output_hidden_states=True)
-            torch_ms = (time.perf_counter() - t0) * 1000 / a.iters
-        env = dict(os.environ, RAYON_NUM_THREADS=str(t))
-        out = subprocess.run([a.vcp, "features", "--clip", tmp, "--image", img, "--layers", "3,6,9,12",
-                              "--out", os.path.join(tmp, "f.safetensors"), "--bench-iters", str(a.iters)],
-                             env=env, capture_output=True, text=True, check=True)
-        rust_ms = json.loads(out.stdout.strip().splitlines()[-1])["forward_ms"]
+        torch_runs, rust_runs = [], []
+        for _ in range(a.rounds):  # alternate so that machine noise hits both alike
+            with torch.inference_mode():
+                for _ in range(2):
+                    vision(pixel_values=x, output_hidden_states=True)
+                t0 = time.perf_counter()
+                for _ in range(a.iters):
+                    vision(pixel_values=x, output_hidden_states=True)
+                torch_runs.append((time.perf_counter() - t0) * 1000 / a.iters)
+            time.sleep(1.0)  # let PyTorch's OpenMP workers go idle before timing the other side
+            env = dict(os.environ, RAYON_NUM_THREADS=str(t))
+            out = subprocess.run([a.vcp, "features", "--clip", tmp, "--image", img, "--layers", "3,6,9,12",
+                                  "--out", os.path.join(tmp, "f.safetensors"), "--bench-iters", str(a.iters)],
+                                 env=env, capture_output=True, text=True, check=True)
+            rust_runs.append(json.loads(out.stdout.strip().splitlines()[-1])["forward_ms"])
+            time.sleep(1.0)
+        torch_ms, rust_ms = float(np.median(torch_runs)), float(np.median(rust_runs))
+        print(f"threads {t}: torch runs {[round(v) for v in torch_runs]}, vcp runs {[round(v) for v in rust_runs]}")
         rows.append((t, torch_ms, rust_ms))
         print(f"threads {t}: torch {torch_ms:.1f} ms, vcp {rust_ms:.1f} ms, torch/vcp = {torch_ms / rust_ms:.2f}")
     lines = [
@@ -63,7 +70,7 @@ def main():
         f"{os.cpu_count()} cores; torch {torch.__version__}; transformers {__import__('transformers').__version__}.",
         f"Command: `python tools/bench_clip_cpu.py --iters {a.iters}` (random ViT-B/16, 224 px, batch 1, f32, "
         "hidden states of every block; vcp taps 3,6,9,12 + global; mean over iterations after warm-up, "
-        "model load excluded).",
+        f"model load excluded; median of {a.rounds} alternating rounds).",
         "",
         "| threads | PyTorch eager (ms/img) | vcp / candle (ms/img) | speed-up (PyTorch / vcp) |",
         "|--:|--:|--:|--:|",

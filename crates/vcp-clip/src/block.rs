@@ -64,15 +64,30 @@ pub fn softmax_last(x: &Tensor, k: Kernels) -> Result<Tensor> {
 }
 
 /// `y = x W^T + b` for `x` of any rank (flattened to 2-D for a single gemm call).
+///
+/// The weight is stored transposed and contiguous (`[in, out]`): candle's CPU gemm is up to
+/// 2.5x faster on it than on a transposed view (measured: ViT-B/16 fc2, 17 → 7 ms on 2 threads).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight_t: Tensor, // [in, out]
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        let weight_t = weight.t().and_then(|t| t.contiguous()).expect("2-D Linear weight");
+        Self { weight_t, bias }
+    }
+
+    /// Multiply weight and bias by `s` (used to fold QuickGELU's 1.702 into fc1/fc2).
+    fn scaled(&self, s: f64, bias_too: bool) -> Result<Self> {
+        Ok(Self {
+            weight_t: (&self.weight_t * s)?,
+            bias: match &self.bias {
+                Some(b) if bias_too => Some((b * s)?),
+                b => b.clone(),
+            },
+        })
     }
 
     pub fn load(w: &ClipWeights, prefix: &str) -> Result<Self> {
@@ -86,13 +101,13 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out = dims;
-        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        *out.last_mut().unwrap() = self.weight_t.dim(1)?;
         Ok(y.reshape(out)?)
     }
 }
@@ -102,6 +117,14 @@ pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Gelu => x.gelu_erf()?,
         Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
     })
+}
+
+/// The MLP activation as executed: QuickGELU can run as a plain SiLU with its 1.702 factor
+/// folded into the surrounding Linear layers (`quick_gelu(y) = silu(1.702 y) / 1.702`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Clip(Activation),
+    FoldedSilu,
 }
 
 /// Multi-head self-attention with the q/k/v projections fused into one matmul.
@@ -166,7 +189,7 @@ pub struct Block {
     ln_2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
-    act: Activation,
+    act: Act,
 }
 
 impl Block {
@@ -183,19 +206,30 @@ impl Block {
             ln_2: LayerNorm::load(w, &format!("{prefix}.layer_norm2"), eps)?,
             fc1: Linear::load(w, &format!("{prefix}.mlp.fc1"))?,
             fc2: Linear::load(w, &format!("{prefix}.mlp.fc2"))?,
-            act,
+            act: Act::Clip(act),
         })
     }
 
-    pub fn set_activation(&mut self, act: Activation) {
-        self.act = act;
+    /// For inference-only towers: run QuickGELU as SiLU with the scale folded into fc1 (x1.702)
+    /// and fc2 (/1.702). Same function up to float rounding, ~3x cheaper on CPU.
+    pub fn fold_quick_gelu(&mut self) -> Result<()> {
+        if self.act == Act::Clip(Activation::QuickGelu) {
+            self.fc1 = self.fc1.scaled(1.702, true)?;
+            self.fc2 = self.fc2.scaled(1.0 / 1.702, false)?;
+            self.act = Act::FoldedSilu;
+        }
+        Ok(())
     }
 
     /// # Shapes
     /// `x`: [B, N, W] → [B, N, W].
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln_1.forward(x, k)?, mask, k)?)?;
-        let h = activate(&self.fc1.forward(&self.ln_2.forward(&x, k)?)?, self.act)?;
+        let h = self.fc1.forward(&self.ln_2.forward(&x, k)?)?;
+        let h = match self.act {
+            Act::Clip(a) => activate(&h, a)?,
+            Act::FoldedSilu => h.silu()?,
+        };
         Ok((&x + self.fc2.forward(&h)?)?)
     }
 }

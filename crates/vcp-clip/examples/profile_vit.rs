@@ -15,10 +15,16 @@ fn main() {
     for _ in 0..n {
         clip.vision.embed(&x).unwrap();
     }
-    println!("embed   {:8.2} ms", t.elapsed().as_secs_f64() * 1000.0 / n as f64);
+    println!(
+        "embed   {:8.2} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / n as f64
+    );
     let t = Instant::now();
     for _ in 0..n {
         clip.vision.forward(&x, &[12]).unwrap();
     }
-    println!("forward {:8.2} ms", t.elapsed().as_secs_f64() * 1000.0 / n as f64);
+    println!(
+        "forward {:8.2} ms",
+        t.elapsed().as_secs_f64() * 1000.0 / n as f64
+    );
 }

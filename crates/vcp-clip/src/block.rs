@@ -75,7 +75,10 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        let weight_t = weight.t().and_then(|t| t.contiguous()).expect("2-D Linear weight");
+        let weight_t = weight
+            .t()
+            .and_then(|t| t.contiguous())
+            .expect("2-D Linear weight");
         Self { weight_t, bias }
     }
 

@@ -91,12 +91,28 @@ fn default_n_ctx() -> usize {
     12
 }
 pub fn default_normal_states() -> Vec<String> {
-    ["{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect", "{} without damage"]
-        .map(String::from)
-        .to_vec()
+    [
+        "{}",
+        "flawless {}",
+        "perfect {}",
+        "unblemished {}",
+        "{} without flaw",
+        "{} without defect",
+        "{} without damage",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 pub fn default_abnormal_states() -> Vec<String> {
-    ["damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage"].map(String::from).to_vec()
+    [
+        "damaged {}",
+        "broken {}",
+        "{} with flaw",
+        "{} with defect",
+        "{} with damage",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 pub fn default_templates() -> Vec<String> {
     [

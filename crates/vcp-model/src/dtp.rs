@@ -12,8 +12,8 @@ use candle_core::{Result, Tensor};
 use vcp_clip::{InsertedTokens, PromptHook};
 
 pub struct Dtp {
-    first: Tensor, // [1, n, W]
-    deep: Tensor, // [depth, n, W]
+    first: Tensor,  // [1, n, W]
+    deep: Tensor,   // [depth, n, W]
     proj_w: Tensor, // [W, W]
     proj_b: Tensor, // [W]
     norm_w: Tensor,
@@ -22,7 +22,13 @@ pub struct Dtp {
 }
 
 impl Dtp {
-    pub fn new(p: &mut Params, tokens: usize, depth: usize, width: usize, dropout: f64) -> Result<Self> {
+    pub fn new(
+        p: &mut Params,
+        tokens: usize,
+        depth: usize,
+        width: usize,
+        dropout: f64,
+    ) -> Result<Self> {
         // Reference init: embeddings U(-1, 1); prompt_proj kaiming_normal(fan_out) weight and
         // default Linear bias; prompt_norm weight 1, bias 0.
         let std = (2.0 / width as f64).sqrt();
@@ -53,7 +59,11 @@ impl Dtp {
         for i in 0..self.deep.dim(0)? {
             tokens.push(Some(self.project(&self.deep.get(i)?, train)?));
         }
-        Ok(DtpHook { inner: InsertedTokens { tokens }, norm_w: self.norm_w.clone(), norm_b: self.norm_b.clone() })
+        Ok(DtpHook {
+            inner: InsertedTokens { tokens },
+            norm_w: self.norm_w.clone(),
+            norm_b: self.norm_b.clone(),
+        })
     }
 }
 
@@ -69,6 +79,11 @@ impl PromptHook for DtpHook {
     }
     fn after_layers(&self, x: &Tensor) -> vcp_clip::Result<Tensor> {
         let x = self.inner.after_layers(x)?;
-        Ok(candle_nn::ops::layer_norm_slow(&x, &self.norm_w, &self.norm_b, 1e-6)?)
+        Ok(candle_nn::ops::layer_norm_slow(
+            &x,
+            &self.norm_w,
+            &self.norm_b,
+            1e-6,
+        )?)
     }
 }

@@ -33,9 +33,16 @@ impl PatchHead {
             PatchHead::LinearProj(v) => {
                 let (w, b) = &v[i];
                 let (bs, n, wd) = patches.dims3()?;
-                patches.reshape((bs * n, wd))?.matmul(&w.t()?)?.broadcast_add(b)?.reshape((bs, n, w.dim(0)?))
+                patches
+                    .reshape((bs * n, wd))?
+                    .matmul(&w.t()?)?
+                    .broadcast_add(b)?
+                    .reshape((bs, n, w.dim(0)?))
             }
-            PatchHead::ClipProj => clip.vision.post_project(patches).map_err(|e| candle_core::Error::Msg(e.to_string())),
+            PatchHead::ClipProj => clip
+                .vision
+                .post_project(patches)
+                .map_err(|e| candle_core::Error::Msg(e.to_string())),
         }
     }
 }

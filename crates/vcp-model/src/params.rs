@@ -15,7 +15,12 @@ pub struct Params {
 
 impl Params {
     pub fn new(seed: u64, device: &Device) -> Self {
-        Self { varmap: VarMap::new(), device: device.clone(), state: seed ^ 0x5DEE_CE66_D1CE_4E5B, names: vec![] }
+        Self {
+            varmap: VarMap::new(),
+            device: device.clone(),
+            state: seed ^ 0x5DEE_CE66_D1CE_4E5B,
+            names: vec![],
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -38,25 +43,38 @@ impl Params {
         let t = Tensor::from_vec(data, shape, &self.device)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();
-        self.varmap.data().lock().unwrap().insert(name.to_string(), var);
+        self.varmap
+            .data()
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), var);
         self.names.push(name.to_string());
         Ok(out)
     }
 
     pub fn uniform(&mut self, name: &str, shape: impl Into<Shape>, bound: f64) -> Result<Tensor> {
         let shape = shape.into();
-        let data = (0..shape.elem_count()).map(|_| ((self.uniform01() * 2.0 - 1.0) * bound) as f32).collect();
+        let data = (0..shape.elem_count())
+            .map(|_| ((self.uniform01() * 2.0 - 1.0) * bound) as f32)
+            .collect();
         self.add(name, data, shape)
     }
 
     pub fn normal(&mut self, name: &str, shape: impl Into<Shape>, std: f64) -> Result<Tensor> {
         let shape = shape.into();
-        let data = (0..shape.elem_count()).map(|_| (self.gauss() * std) as f32).collect();
+        let data = (0..shape.elem_count())
+            .map(|_| (self.gauss() * std) as f32)
+            .collect();
         self.add(name, data, shape)
     }
 
     /// Normal truncated to [-2 std, 2 std] (`nn.init.trunc_normal_` with default bounds at std 1).
-    pub fn trunc_normal(&mut self, name: &str, shape: impl Into<Shape>, std: f64) -> Result<Tensor> {
+    pub fn trunc_normal(
+        &mut self,
+        name: &str,
+        shape: impl Into<Shape>,
+        std: f64,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let data = (0..shape.elem_count())
             .map(|_| loop {
@@ -89,6 +107,9 @@ impl Params {
 
     pub fn vars(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data().lock().unwrap();
-        self.names.iter().filter_map(|n| data.get(n).map(|v| (n.clone(), v.clone()))).collect()
+        self.names
+            .iter()
+            .filter_map(|n| data.get(n).map(|v| (n.clone(), v.clone())))
+            .collect()
     }
 }

@@ -34,15 +34,27 @@ pub fn l2norm(x: &Tensor) -> Result<Tensor> {
 }
 
 impl PostVcp {
-    pub fn new(p: &mut Params, text_dim: usize, vision_width: usize, heads: usize, scaled: bool) -> Result<Self> {
-        if vision_width % heads != 0 {
-            candle_core::bail!("Post-VCP: vision width {vision_width} is not divisible by {heads} heads");
+    pub fn new(
+        p: &mut Params,
+        text_dim: usize,
+        vision_width: usize,
+        heads: usize,
+        scaled: bool,
+    ) -> Result<Self> {
+        if heads == 0 || !vision_width.is_multiple_of(heads) {
+            candle_core::bail!(
+                "Post-VCP: vision width {vision_width} is not divisible by {heads} heads"
+            );
         }
         // PyTorch Conv1d(kernel 1) default init: U(±1/sqrt(fan_in)) for weight and bias.
         let mut layer = |name: &str, fan_in: usize| -> Result<(Tensor, Tensor)> {
             let bound = 1.0 / (fan_in as f64).sqrt();
             Ok((
-                p.uniform(&format!("post_vcp.{name}.weight"), (vision_width, fan_in), bound)?,
+                p.uniform(
+                    &format!("post_vcp.{name}.weight"),
+                    (vision_width, fan_in),
+                    bound,
+                )?,
                 p.uniform(&format!("post_vcp.{name}.bias"), vision_width, bound)?,
             ))
         };
@@ -68,9 +80,18 @@ impl PostVcp {
         let q = lin(text, &self.q)?; // [B, T, Wv]
         let k = lin(dense, &self.k)?; // [B, N, Wv]
         let v = lin(dense, &self.v)?;
-        let qh = q.reshape((b, t, self.heads, hd))?.transpose(1, 2)?.contiguous()?; // [B, H, T, hd]
-        let kh = k.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?; // [B, H, N, hd]
-        let vh = v.reshape((b, n, self.heads, hd))?.transpose(1, 2)?.contiguous()?;
+        let qh = q
+            .reshape((b, t, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?; // [B, H, T, hd]
+        let kh = k
+            .reshape((b, n, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?; // [B, H, N, hd]
+        let vh = v
+            .reshape((b, n, self.heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let mut logits = qh.matmul(&kh.t()?)?; // [B, H, T, N]
         if self.scaled {
             logits = (logits * (hd as f64).powf(-0.5))?;

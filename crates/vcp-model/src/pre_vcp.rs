@@ -29,9 +29,9 @@ impl Category {
     pub fn new(cfg: &CategoryConfig, p: &mut Params, width: usize, embed: usize) -> Result<Self> {
         Ok(match cfg {
             CategoryConfig::None => Category::None,
-            CategoryConfig::Static { tokens } => {
-                Category::Static { query: p.trunc_normal("category.query", (1, *tokens, width), 1.0)? }
-            }
+            CategoryConfig::Static { tokens } => Category::Static {
+                query: p.trunc_normal("category.query", (1, *tokens, width), 1.0)?,
+            },
             CategoryConfig::PreVcp { tokens, map } => {
                 let query = p.trunc_normal("category.query", (1, *tokens, width), 1.0)?;
                 let map = match map {
@@ -51,7 +51,11 @@ impl Category {
                     GlobalMap::Linear => {
                         let bound = 1.0 / (embed as f64).sqrt();
                         MapImpl::Linear {
-                            weight: p.uniform("category.linear.weight", (*tokens * width, embed), bound)?,
+                            weight: p.uniform(
+                                "category.linear.weight",
+                                (*tokens * width, embed),
+                                bound,
+                            )?,
                             bias: p.uniform("category.linear.bias", *tokens * width, bound)?,
                         }
                     }
@@ -64,7 +68,9 @@ impl Category {
     pub fn tokens_per_prompt(&self) -> usize {
         match self {
             Category::None => 0,
-            Category::Static { query } | Category::PreVcp { query, .. } => query.dim(1).unwrap_or(0),
+            Category::Static { query } | Category::PreVcp { query, .. } => {
+                query.dim(1).unwrap_or(0)
+            }
         }
     }
 
@@ -97,9 +103,10 @@ impl Category {
                         }
                         acc.unwrap().broadcast_add(&bias.reshape((1, r, 1))?)?
                     }
-                    MapImpl::Linear { weight, bias } => {
-                        global.matmul(&weight.t()?)?.broadcast_add(bias)?.reshape((b, r, d))?
-                    }
+                    MapImpl::Linear { weight, bias } => global
+                        .matmul(&weight.t()?)?
+                        .broadcast_add(bias)?
+                        .reshape((b, r, d))?,
                 };
                 Ok(Some(mapped.broadcast_add(query)?))
             }

@@ -35,17 +35,35 @@ pub enum TextPrompt {
 }
 
 fn ids_of(tok: &Tokenizer, text: &str, ctx: usize, dev: &Device) -> Result<(Vec<u32>, usize)> {
-    let ids = tok.tokenize(text, ctx, true).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let eot = ids.iter().position(|&i| i == vcp_clip::tokenizer::EOT).unwrap_or(ctx - 1);
+    let ids = tok
+        .tokenize(text, ctx, true)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let eot = ids
+        .iter()
+        .position(|&i| i == vcp_clip::tokenizer::EOT)
+        .unwrap_or(ctx - 1);
     let _ = dev;
     Ok((ids, eot))
 }
 
 impl TextPrompt {
-    pub fn new(cfg: &PromptConfig, p: &mut Params, tok: &Tokenizer, width: usize, ctx: usize, dev: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &PromptConfig,
+        p: &mut Params,
+        tok: &Tokenizer,
+        width: usize,
+        ctx: usize,
+        dev: &Device,
+    ) -> Result<Self> {
         Ok(match cfg {
-            PromptConfig::Utp { template, normal_state, abnormal_state } => {
-                if !template.contains("{state}") || !template.contains(vcp_clip::tokenizer::CLASS_TOKEN) {
+            PromptConfig::Utp {
+                template,
+                normal_state,
+                abnormal_state,
+            } => {
+                if !template.contains("{state}")
+                    || !template.contains(vcp_clip::tokenizer::CLASS_TOKEN)
+                {
                     candle_core::bail!("prompt.template must contain `{{state}}` and `<|class|>`, got `{template}`");
                 }
                 let mut all = Vec::new();
@@ -53,14 +71,28 @@ impl TextPrompt {
                 let mut eot = [0; 2];
                 for (j, state) in [normal_state, abnormal_state].iter().enumerate() {
                     let (ids, e) = ids_of(tok, &template.replace("{state}", state), ctx, dev)?;
-                    class_pos[j] = ids.iter().position(|&i| i == vcp_clip::tokenizer::CLASS).unwrap();
+                    class_pos[j] = ids
+                        .iter()
+                        .position(|&i| i == vcp_clip::tokenizer::CLASS)
+                        .unwrap();
                     eot[j] = e;
                     all.extend(ids);
                 }
-                TextPrompt::Utp { ids: Tensor::from_vec(all, (2, ctx), dev)?, class_pos, eot }
+                TextPrompt::Utp {
+                    ids: Tensor::from_vec(all, (2, ctx), dev)?,
+                    class_pos,
+                    eot,
+                }
             }
-            PromptConfig::Handcrafted { .. } => TextPrompt::Handcrafted { cfg: cfg.clone(), cache: Mutex::new(HashMap::new()) },
-            PromptConfig::LearnedContext { n_ctx, normal_words, abnormal_words } => {
+            PromptConfig::Handcrafted { .. } => TextPrompt::Handcrafted {
+                cfg: cfg.clone(),
+                cache: Mutex::new(HashMap::new()),
+            },
+            PromptConfig::LearnedContext {
+                n_ctx,
+                normal_words,
+                abnormal_words,
+            } => {
                 let mut all = Vec::new();
                 let mut eot = [0; 2];
                 for (j, words) in [normal_words, abnormal_words].iter().enumerate() {
@@ -107,8 +139,16 @@ impl TextPrompt {
         let hook: &dyn PromptHook = hook_box.as_ref();
         let map = |e: vcp_clip::ClipError| candle_core::Error::Msg(e.to_string());
         match self {
-            TextPrompt::Utp { ids, class_pos, eot } => {
-                let c = category.ok_or_else(|| candle_core::Error::Msg("UTP needs category tokens (category.kind = static or pre_vcp)".into()))?;
+            TextPrompt::Utp {
+                ids,
+                class_pos,
+                eot,
+            } => {
+                let c = category.ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "UTP needs category tokens (category.kind = static or pre_vcp)".into(),
+                    )
+                })?;
                 let (bc, r, _) = c.dims3()?;
                 let x = text.embed_ids(ids).map_err(map)?; // [2, L, W]
                 let l = x.dim(1)?;
@@ -117,10 +157,20 @@ impl TextPrompt {
                 for j in 0..2 {
                     let xj = x.get(j)?; // [L, W]
                     let p = class_pos[j];
-                    let head = xj.narrow(0, 0, p)?.unsqueeze(0)?.broadcast_as((bc, p, xj.dim(1)?))?;
+                    let head =
+                        xj.narrow(0, 0, p)?
+                            .unsqueeze(0)?
+                            .broadcast_as((bc, p, xj.dim(1)?))?;
                     let tail_len = l - r + 1 - (p + 1);
-                    let tail = xj.narrow(0, p + 1, tail_len)?.unsqueeze(0)?.broadcast_as((bc, tail_len, xj.dim(1)?))?;
-                    seqs.push(Tensor::cat(&[&head.contiguous()?, c, &tail.contiguous()?], 1)?); // [Bc, L, W]
+                    let tail = xj.narrow(0, p + 1, tail_len)?.unsqueeze(0)?.broadcast_as((
+                        bc,
+                        tail_len,
+                        xj.dim(1)?,
+                    ))?;
+                    seqs.push(Tensor::cat(
+                        &[&head.contiguous()?, c, &tail.contiguous()?],
+                        1,
+                    )?); // [Bc, L, W]
                     eots.extend(std::iter::repeat_n(eot[j] + r - 1, bc));
                 }
                 let x = Tensor::stack(&seqs, 0)?; // [2, Bc, L, W]
@@ -130,7 +180,10 @@ impl TextPrompt {
                 let e = l2norm(&text.forward_embeds(&flat, &eots, hook).map_err(map)?)?; // [2Bc, D]
                 let e = l2norm(&e)?; // mean over the single template, normalised again (reference)
                 let d = e.dim(1)?;
-                Ok((e.reshape((2, bc, d))?.transpose(0, 1)?.contiguous()?, Some(layer1)))
+                Ok((
+                    e.reshape((2, bc, d))?.transpose(0, 1)?.contiguous()?,
+                    Some(layer1),
+                ))
             }
             TextPrompt::LearnedContext { ids, eot, ctx } => {
                 let x = text.embed_ids(ids).map_err(map)?; // [2, L, W]
@@ -139,7 +192,10 @@ impl TextPrompt {
                 for (j, c) in ctx.iter().enumerate() {
                     let n = c.dim(0)?;
                     let xj = x.get(j)?;
-                    seqs.push(Tensor::cat(&[&xj.narrow(0, 0, 1)?, c, &xj.narrow(0, 1, l - 1 - n)?], 0)?);
+                    seqs.push(Tensor::cat(
+                        &[&xj.narrow(0, 0, 1)?, c, &xj.narrow(0, 1, l - 1 - n)?],
+                        0,
+                    )?);
                 }
                 let x = Tensor::stack(&seqs, 0)?.broadcast_add(text.positional_embedding())?;
                 let e = l2norm(&text.forward_embeds(&x, eot, hook).map_err(map)?)?; // [2, D]
@@ -152,10 +208,21 @@ impl TextPrompt {
                         return Ok((t.clone(), None));
                     }
                 }
-                let PromptConfig::Handcrafted { object, class_name, normal_states, abnormal_states, templates } = cfg else {
+                let PromptConfig::Handcrafted {
+                    object,
+                    class_name,
+                    normal_states,
+                    abnormal_states,
+                    templates,
+                } = cfg
+                else {
                     unreachable!()
                 };
-                let word = if *class_name { class.replace('_', " ") } else { object.clone() };
+                let word = if *class_name {
+                    class.replace('_', " ")
+                } else {
+                    object.clone()
+                };
                 let ctx = text.context_length();
                 let dev = text.positional_embedding().device().clone();
                 let mut states = Vec::new();
@@ -171,7 +238,9 @@ impl TextPrompt {
                         }
                     }
                     let n = eots.len();
-                    let x = text.embed_ids(&Tensor::from_vec(ids, (n, ctx), &dev)?).map_err(map)?;
+                    let x = text
+                        .embed_ids(&Tensor::from_vec(ids, (n, ctx), &dev)?)
+                        .map_err(map)?;
                     let x = x.broadcast_add(text.positional_embedding())?;
                     let e = l2norm(&text.forward_embeds(&x, &eots, hook).map_err(map)?)?; // [n, D]
                     states.push(l2norm(&e.mean_keepdim(0)?)?); // [1, D]

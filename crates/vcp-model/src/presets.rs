@@ -1,0 +1,175 @@
+//! VCP-CLIP and its peers as values of the same slots (see `config.rs`), plus the component
+//! ablation of the paper (UTP baseline → +DTP → +Pre-VCP → +Post-VCP).
+
+use crate::config::*;
+
+/// The backbone of the reference: OpenAI ViT-L/14-336 at 518 px, taps 6/12/18/24, exact GELU.
+pub fn vit_l_14_336_at_518(weights: &str) -> BackboneConfig {
+    BackboneConfig {
+        preset: "vit_l_14_336".into(),
+        weights: weights.into(),
+        seed: 0,
+        image_size: 518,
+        taps: vec![6, 12, 18, 24],
+        activation: Some(vcp_clip::Activation::Gelu),
+    }
+}
+
+/// The tiny random backbone of tests and the embedded default.
+pub fn tiny(image_size: usize) -> BackboneConfig {
+    BackboneConfig {
+        preset: "tiny".into(),
+        weights: String::new(),
+        seed: 0,
+        image_size,
+        taps: vec![3, 6, 9, 12],
+        activation: None,
+    }
+}
+
+fn vcp_fusion() -> FusionConfig {
+    FusionConfig {
+        layer_reduce: LayerReduce::Mean,
+        raw_weight: 0.2,
+        upsample: Upsample::BilinearAlignCorners,
+        sigma: 8.0,
+        normalize: Normalize::PerCategory,
+        image_score: ImageScoreConfig::TopkMean { k: 2000 },
+    }
+}
+
+fn ln_inv_007() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+
+/// VCP-CLIP as released: UTP + DTP (n = 1, all text layers) + Pre-VCP (conv1d, r = 2) + Post-VCP.
+pub fn vcp_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig {
+    ModelConfig {
+        backbone,
+        prompt: PromptConfig::Utp {
+            template: "a photo of a {state} <|class|>".into(),
+            normal_state: "good".into(),
+            abnormal_state: "damaged".into(),
+        },
+        deep_prompt: DeepPromptConfig::Dtp {
+            tokens: 1,
+            depth: text_layers - 1,
+            dropout: 0.1,
+        },
+        category: CategoryConfig::PreVcp {
+            tokens: 2,
+            map: GlobalMap::Conv1d,
+        },
+        refiner: RefinerConfig::PostVcp {
+            heads: 8,
+            scaled: false,
+        },
+        head: HeadConfig::LinearProj,
+        temperature: TemperatureConfig {
+            init: ln_inv_007(),
+            learnable: true,
+        },
+        fusion: vcp_fusion(),
+    }
+}
+
+/// The paper's component ablation, as named variants of [`vcp_clip`].
+pub fn component_ablation(
+    backbone: BackboneConfig,
+    text_layers: usize,
+) -> Vec<(&'static str, ModelConfig)> {
+    let full = vcp_clip(backbone, text_layers);
+    let mut utp = full.clone();
+    utp.deep_prompt = DeepPromptConfig::None;
+    utp.category = CategoryConfig::Static { tokens: 2 };
+    utp.refiner = RefinerConfig::Identity;
+    utp.fusion.raw_weight = 1.0;
+    let mut dtp = utp.clone();
+    dtp.deep_prompt = full.deep_prompt.clone();
+    let mut pre = dtp.clone();
+    pre.category = full.category.clone();
+    vec![
+        ("utp", utp),
+        ("utp+dtp", dtp),
+        ("utp+dtp+pre_vcp", pre),
+        ("vcp_clip", full),
+    ]
+}
+
+/// APRIL-GAN-style: hand-crafted state x template ensemble with class names, a trainable Linear
+/// per layer, fixed scale 100, maps summed over layers, no prompt learning.
+pub fn april_gan(backbone: BackboneConfig) -> ModelConfig {
+    ModelConfig {
+        backbone,
+        prompt: PromptConfig::Handcrafted {
+            object: "object".into(),
+            class_name: true,
+            normal_states: default_normal_states(),
+            abnormal_states: default_abnormal_states(),
+            templates: default_templates(),
+        },
+        deep_prompt: DeepPromptConfig::None,
+        category: CategoryConfig::None,
+        refiner: RefinerConfig::Identity,
+        head: HeadConfig::LinearProj,
+        temperature: TemperatureConfig {
+            init: 100f64.ln(),
+            learnable: false,
+        },
+        fusion: FusionConfig {
+            layer_reduce: LayerReduce::Sum,
+            raw_weight: 1.0,
+            upsample: Upsample::BilinearAlignCorners,
+            sigma: 4.0,
+            normalize: Normalize::None,
+            image_score: ImageScoreConfig::Max,
+        },
+    }
+}
+
+/// AnomalyCLIP-style: object-agnostic learnable prompts ("[V] object" / "[W] damaged object") with
+/// deep text prompts (4 tokens, 8 more layers), CLIP's frozen projection for patches (AnomalyCLIP
+/// also replaces attention in the last blocks with DPAM/V-V attention: a later backbone variant).
+pub fn anomaly_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig {
+    ModelConfig {
+        backbone,
+        prompt: PromptConfig::LearnedContext {
+            n_ctx: 12,
+            normal_words: "object".into(),
+            abnormal_words: "damaged object".into(),
+        },
+        deep_prompt: DeepPromptConfig::Dtp {
+            tokens: 4,
+            depth: 8.min(text_layers - 1),
+            dropout: 0.0,
+        },
+        category: CategoryConfig::None,
+        refiner: RefinerConfig::Identity,
+        head: HeadConfig::ClipProj,
+        temperature: TemperatureConfig {
+            init: ln_inv_007(),
+            learnable: false,
+        },
+        fusion: FusionConfig {
+            layer_reduce: LayerReduce::Mean,
+            raw_weight: 1.0,
+            upsample: Upsample::BilinearAlignCorners,
+            sigma: 4.0,
+            normalize: Normalize::None,
+            image_score: ImageScoreConfig::Max,
+        },
+    }
+}
+
+/// Presets by name (for `--preset` and experiment files).
+pub fn by_name(name: &str, backbone: BackboneConfig, text_layers: usize) -> Option<ModelConfig> {
+    match name {
+        "vcp_clip" => Some(vcp_clip(backbone, text_layers)),
+        "april_gan" => Some(april_gan(backbone)),
+        "anomaly_clip" => Some(anomaly_clip(backbone, text_layers)),
+        other => component_ablation(backbone, text_layers)
+            .into_iter()
+            .find(|(n, _)| *n == other)
+            .map(|(_, c)| c),
+    }
+}

@@ -67,9 +67,10 @@ fn official_ignored(name: &str) -> bool {
     name == "prompt_text_projection"
 }
 
-fn read_any(
-    path: &Path,
-) -> Result<(HashMap<String, Tensor>, Option<HashMap<String, String>>), CheckpointError> {
+/// Tensors and (for our own files) the string metadata.
+type Contents = (HashMap<String, Tensor>, Option<HashMap<String, String>>);
+
+fn read_any(path: &Path) -> Result<Contents, CheckpointError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())

@@ -1,10 +1,15 @@
 //! `vcp`: the command line of the VCP-CLIP research workspace.
 
+mod cmd_data;
 mod cmd_demo;
+mod cmd_eval;
 mod cmd_eval_maps;
 mod cmd_features;
+mod cmd_predict;
 mod cmd_tokenize;
+mod cmd_train;
 mod cmd_weights;
+mod common;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +36,15 @@ enum Command {
     TextEmbed(cmd_features::TextArgs),
     /// Score anomaly maps (.npy) of any method against a meta.json dataset.
     EvalMaps(cmd_eval_maps::Args),
+    /// Datasets: the synthetic benchmark.
+    #[command(subcommand)]
+    Data(cmd_data::Command),
+    /// Train the trainable components (reference train.py).
+    Train(cmd_train::Args),
+    /// Evaluate a checkpoint on a dataset's test split.
+    Eval(cmd_eval::Args),
+    /// Anomaly maps, overlays and scores for single images (no dataset needed).
+    Predict(cmd_predict::Args),
     /// Download CLIP weights from the Hugging Face hub (online machines).
     #[command(subcommand)]
     Weights(cmd_weights::Command),
@@ -47,6 +61,10 @@ fn main() -> ExitCode {
         Command::EvalMaps(a) => cmd_eval_maps::run(a),
         Command::Demo(a) => cmd_demo::run(a),
         Command::Weights(c) => cmd_weights::run(c),
+        Command::Data(c) => cmd_data::run(c),
+        Command::Train(a) => cmd_train::run(a),
+        Command::Eval(a) => cmd_eval::run(a),
+        Command::Predict(a) => cmd_predict::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,13 +5,16 @@
 //! * [`mask`]: masks read as the references do (Pillow bilinear resize, `> 0.5`).
 //! * [`npy`]: 2-D float maps in NumPy format.
 //! * [`resample`]: Pillow- and PyTorch-exact antialiased resampling.
+//! * [`dataset`]: samples and prefetched batches; [`synth`]: the built-in defect benchmark.
 
+pub mod dataset;
 pub mod error;
 pub mod io;
 pub mod mask;
 pub mod meta;
 pub mod npy;
 pub mod resample;
+pub mod synth;
 
 pub use error::{DataError, Result};
 pub use meta::{Meta, Record, Split};

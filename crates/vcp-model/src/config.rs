@@ -314,3 +314,150 @@ pub struct ModelConfig {
     pub temperature: TemperatureConfig,
     pub fusion: FusionConfig,
 }
+
+/// Training settings (reference train.py / train.sh).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A meta.json path, or `synth:<domain>` for the built-in benchmark. Its `test` split is
+    /// used, as in the reference (train on the auxiliary dataset's test split).
+    pub data: String,
+    /// Dataset root (default: the meta file's folder).
+    #[serde(default)]
+    pub root: Option<String>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Learning rate of everything but the temperatures (reference 4e-5 from VisA, 2e-5 from MVTec).
+    pub lr: f64,
+    /// Learning rate of the temperatures (reference 0.01).
+    pub lr_temperature: f64,
+    /// Adam betas (reference 0.5, 0.999).
+    pub betas: [f64; 2],
+    /// Reference albumentations-style augmentation.
+    #[serde(default)]
+    pub augment: bool,
+    /// Categories of `val_data` for the per-epoch validation log (pixel AP), empty = none.
+    #[serde(default)]
+    pub val_data: Option<String>,
+}
+
+/// Evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// A meta.json path or `synth:<domain>`; its `test` split is scored.
+    pub data: String,
+    #[serde(default)]
+    pub root: Option<String>,
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+fn default_eval_batch() -> usize {
+    8
+}
+
+/// Settings of the built-in synthetic benchmark (`synth:<domain>` data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_synth_size")]
+    pub size: usize,
+    #[serde(default = "default_synth_k")]
+    pub per_category: usize,
+}
+
+fn default_synth_size() -> usize {
+    128
+}
+fn default_synth_k() -> usize {
+    12
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            size: default_synth_size(),
+            per_category: default_synth_k(),
+        }
+    }
+}
+
+/// One experiment file: the model's slots as top-level tables, plus `[train]`, `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub backbone: BackboneConfig,
+    pub prompt: PromptConfig,
+    pub deep_prompt: DeepPromptConfig,
+    pub category: CategoryConfig,
+    pub refiner: RefinerConfig,
+    pub head: HeadConfig,
+    pub temperature: TemperatureConfig,
+    pub fusion: FusionConfig,
+    pub train: Option<TrainConfig>,
+    pub eval: Option<EvalConfig>,
+    #[serde(default)]
+    pub synth: SynthConfig,
+}
+
+impl ExperimentConfig {
+    pub fn model(&self) -> ModelConfig {
+        ModelConfig {
+            backbone: self.backbone.clone(),
+            prompt: self.prompt.clone(),
+            deep_prompt: self.deep_prompt.clone(),
+            category: self.category.clone(),
+            refiner: self.refiner.clone(),
+            head: self.head.clone(),
+            temperature: self.temperature.clone(),
+            fusion: self.fusion.clone(),
+        }
+    }
+
+    pub fn from_model(name: &str, m: ModelConfig) -> Self {
+        Self {
+            name: name.into(),
+            seed: 0,
+            backbone: m.backbone,
+            prompt: m.prompt,
+            deep_prompt: m.deep_prompt,
+            category: m.category,
+            refiner: m.refiner,
+            head: m.head,
+            temperature: m.temperature,
+            fusion: m.fusion,
+            train: None,
+            eval: None,
+            synth: SynthConfig::default(),
+        }
+    }
+
+    /// Parse a TOML experiment; errors name the file and the offending key.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e.span().map(|s| {
+                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                format!(" (line {line})")
+            });
+            format!("{}: {msg}{}", path.display(), at.unwrap_or_default())
+        })
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}

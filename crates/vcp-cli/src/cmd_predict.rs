@@ -1,0 +1,229 @@
+//! `vcp predict [--config X.toml] --checkpoint CKPT [--clip PATH] [--size S] [--layers a,b,c,d]
+//! [--activation gelu|quick_gelu] (--image FILE | --images DIR) --out DIR [--threshold T]`
+//!
+//! Anomaly maps for single files, no dataset or meta file needed. For each image:
+//! `<stem>.npy` (blended, smoothed map at S x S, before any normalisation across images),
+//! `<stem>_overlay.png` (image | heat-map overlay | thresholded map), and one `scores.json`.
+
+use crate::common::{backbone_weights, device};
+use crate::util::parse_layers;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use vcp_model::config::{ExperimentConfig, Normalize};
+use vcp_model::fusion::finalize;
+use vcp_model::{presets, VcpModel};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// CLIP weights (HF directory or OpenAI file); overrides the config's backbone.weights.
+    #[arg(long)]
+    clip: Option<String>,
+    #[arg(long)]
+    size: Option<usize>,
+    #[arg(long)]
+    layers: Option<String>,
+    #[arg(long, value_parser = ["gelu", "quick_gelu"])]
+    activation: Option<String>,
+    #[arg(long, conflicts_with = "images")]
+    image: Option<PathBuf>,
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    /// Threshold of the binary map in the overlay (maps are probabilities).
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    #[arg(long)]
+    device: Option<String>,
+}
+
+/// The experiment to run: --config, else the config stored in our checkpoint, else (official
+/// checkpoints) the VCP-CLIP preset on ViT-L/14-336 at 518.
+fn experiment(a: &Args) -> Result<ExperimentConfig> {
+    if let Some(c) = &a.config {
+        return crate::common::load_experiment(c);
+    }
+    if let Some(text) = vcp_model::checkpoint::stored_config(&a.checkpoint)? {
+        let m: vcp_model::ModelConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: stored config", a.checkpoint.display()))?;
+        return Ok(ExperimentConfig::from_model("checkpoint", m));
+    }
+    let clip = a.clip.clone().with_context(|| {
+        format!(
+            "{}: official checkpoint without a config: give --clip (e.g. ViT-L-14-336px.pt)",
+            a.checkpoint.display()
+        )
+    })?;
+    // Text depth of the given CLIP decides the DTP depth.
+    let w = vcp_clip::ClipWeights::load(&clip, &candle_core::Device::Cpu)?;
+    Ok(ExperimentConfig::from_model(
+        "vcp_clip",
+        presets::vcp_clip(presets::vit_l_14_336_at_518(&clip), w.config.text.layers),
+    ))
+}
+
+fn list_images(a: &Args) -> Result<Vec<PathBuf>> {
+    if let Some(f) = &a.image {
+        return Ok(vec![f.clone()]);
+    }
+    let dir = a
+        .images
+        .as_ref()
+        .context("give --image FILE or --images DIR")?;
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            matches!(
+                ext.as_str(),
+                "png" | "jpg" | "jpeg" | "bmp" | "tif" | "tiff"
+            )
+        })
+        .collect();
+    v.sort();
+    if v.is_empty() {
+        bail!("{}: no images (png, jpg, bmp, tif)", dir.display());
+    }
+    Ok(v)
+}
+
+/// Jet colour map of v in [0, 1].
+fn jet(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let f = |x: f32| ((1.5 - (4.0 * v - x).abs()).clamp(0.0, 1.0) * 255.0) as u8;
+    [f(3.0), f(2.0), f(1.0)]
+}
+
+/// image | overlay | thresholded map, each S x S.
+pub fn overlay_png(
+    rgb: &[u8],
+    map: &[f32],
+    size: usize,
+    threshold: f32,
+    path: &Path,
+) -> Result<()> {
+    let (lo, hi) = map
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let w = 3 * size;
+    let mut out = vec![0u8; w * size * 3];
+    for y in 0..size {
+        for x in 0..size {
+            let i = y * size + x;
+            let px = &rgb[i * 3..i * 3 + 3];
+            let n = if hi > lo {
+                (map[i] - lo) / (hi - lo)
+            } else {
+                0.0
+            };
+            let c = jet(n);
+            let b = if map[i] > threshold { 255 } else { 0 };
+            for k in 0..3 {
+                out[(y * w + x) * 3 + k] = px[k];
+                out[(y * w + size + x) * 3 + k] = ((px[k] as f32) * 0.5 + c[k] as f32 * 0.5) as u8;
+                out[(y * w + 2 * size + x) * 3 + k] = b;
+            }
+        }
+    }
+    let tmp = vcp_data::io::tmp_path(path);
+    image::save_buffer_with_format(
+        &tmp,
+        &out,
+        w as u32,
+        size as u32,
+        image::ColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .with_context(|| format!("{}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut exp = experiment(&a)?;
+    if let Some(c) = &a.clip {
+        exp.backbone.weights = c.clone();
+    }
+    if let Some(s) = a.size {
+        exp.backbone.image_size = s;
+    }
+    if let Some(l) = &a.layers {
+        exp.backbone.taps = parse_layers(l)?;
+    }
+    if let Some(act) = &a.activation {
+        exp.backbone.activation = Some(act.parse()?);
+    }
+    // Per-image maps "before any normalisation across images".
+    exp.fusion.normalize = Normalize::None;
+    let images = list_images(&a)?;
+    let dev = device(a.device.as_deref())?;
+    let w = backbone_weights(&exp.backbone, &dev)?;
+    let model = VcpModel::new(&exp.model(), &w, exp.seed, &dev)
+        .map_err(|e| anyhow::anyhow!("model config: {}", crate::util::first(&e)))?;
+    vcp_model::checkpoint::load_into(&model, &a.checkpoint)?;
+    let size = exp.backbone.image_size;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    let pb = crate::cmd_eval::bar(images.len() as u64, "images");
+    let mut scores = BTreeMap::new();
+    for p in &images {
+        let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
+        let rgb = vcp_data::resample::resize_u8_pil(
+            &rgb,
+            3,
+            (ih, iw),
+            (size, size),
+            vcp_data::resample::Filter::Bicubic,
+        );
+        let x = candle_core::Tensor::from_vec(
+            vcp_data::dataset::normalize_rgb(&rgb, size),
+            (1, 3, size, size),
+            &dev,
+        )?;
+        let feats = model.encode_images(&x)?;
+        let lg = model.logits(&feats, "object", false, false)?;
+        let maps = model.image_maps(&lg, size)?;
+        let fin = finalize(&maps, &exp.fusion);
+        let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+        let arr = vcp_data::npy::Array2 {
+            height: size,
+            width: size,
+            data: fin.maps[0].clone(),
+        };
+        vcp_data::npy::write_f32_2d(&a.out.join(format!("{stem}.npy")), &arr)?;
+        overlay_png(
+            &rgb,
+            &fin.maps[0],
+            size,
+            a.threshold,
+            &a.out.join(format!("{stem}_overlay.png")),
+        )?;
+        scores.insert(
+            stem,
+            serde_json::json!({"score": fin.scores_unnormalized[0]}),
+        );
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    vcp_data::io::write_atomic(
+        &a.out.join("scores.json"),
+        serde_json::to_string_pretty(&scores)?.as_bytes(),
+    )?;
+    println!(
+        "wrote {} maps, overlays and scores.json to {}",
+        images.len(),
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! `vcp train`, `vcp eval`, `vcp predict`, `vcp data synth`: learning on the synthetic benchmark,
+//! the official checkpoint run with no Python, and one-line errors for bad configs/checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn vcp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vcp"))
+}
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+fn official() -> PathBuf {
+    root().join("fixtures/official-dev")
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "stderr should contain `{needle}`: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+}
+
+/// The tiny experiment, smaller: 96 px input, 4 images per category, 3 epochs.
+fn small_config(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("experiments/vcp_clip_tiny.toml")).unwrap();
+    let text = text
+        .replace("image_size = 224", "image_size = 96")
+        .replace("epochs = 2", "epochs = 3")
+        .replace("batch_size = 8\nlr", "batch_size = 10\nlr")
+        .replace("per_category = 12", "per_category = 4")
+        .replace("size = 128", "size = 64")
+        .replace("val_data = \"synth:beta\"\n", "");
+    let p = dir.join("small.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn training_reduces_loss_then_eval_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let out = dir.path().join("run");
+    ok(vcp()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("VCP_CACHE", dir.path().join("cache")));
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 3);
+    assert!(losses[2] < losses[0], "loss did not decrease: {losses:?}");
+    for e in 1..=3 {
+        assert!(out.join(format!("epoch_{e}.safetensors")).exists());
+        let sha =
+            std::fs::read_to_string(out.join(format!("epoch_{e}.safetensors.sha256"))).unwrap();
+        assert_eq!(sha.split_whitespace().next().unwrap().len(), 64);
+    }
+    // Resume continues after the last epoch.
+    ok(vcp()
+        .args(["train", "--resume", "--epochs", "4", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("VCP_CACHE", dir.path().join("cache")));
+    assert!(out.join("epoch_4.safetensors").exists());
+    assert_eq!(
+        std::fs::read_to_string(out.join("train_log.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+    // Eval on the unseen domain writes the eval-maps outputs.
+    let ev = dir.path().join("eval");
+    ok(vcp()
+        .args(["eval", "--config"])
+        .arg(&cfg)
+        .arg("--checkpoint")
+        .arg(out.join("epoch_4.safetensors"))
+        .arg("--out")
+        .arg(&ev)
+        .arg("--save-maps")
+        .arg(dir.path().join("maps"))
+        .env("VCP_CACHE", dir.path().join("cache")));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        m["categories"].as_object().unwrap().len(),
+        5,
+        "five beta categories"
+    );
+    assert!(m["mean"]["auroc_px"].as_f64().unwrap() > 0.0);
+    assert!(dir.path().join("maps/grid/test/good/000.npy").exists());
+}
+
+#[test]
+fn predict_official_checkpoint_reproduces_official_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pred");
+    ok(vcp()
+        .args(["predict", "--checkpoint"])
+        .arg(official().join("vcp_trainables.pth"))
+        .arg("--clip")
+        .arg(official().join("clip_openai.safetensors"))
+        .args([
+            "--size",
+            "80",
+            "--layers",
+            "3,6,9,12",
+            "--activation",
+            "gelu",
+            "--image",
+        ])
+        .arg(official().join("img1.png"))
+        .arg("--out")
+        .arg(&out));
+    for f in ["img1.npy", "img1_overlay.png", "scores.json"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let ours = vcp_data::npy::read_f32_2d(&out.join("img1.npy")).unwrap();
+    let fwd = candle_core::safetensors::load(
+        official().join("forward.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let want = fwd["maps.gaussian"]
+        .get(1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let err = ours
+        .data
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-4, "map differs from the official one by {err}");
+    let scores: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap()).unwrap();
+    let want = fwd["scores.image_unnormalized"]
+        .get(1)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    assert!((scores["img1"]["score"].as_f64().unwrap() - want).abs() < 1e-4);
+    let (w, h) = image::image_dimensions(out.join("img1_overlay.png")).unwrap();
+    assert_eq!((w, h), (240, 80));
+}
+
+#[test]
+fn bad_config_and_checkpoint_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    // Unknown key: named with the file.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("heads = 8", "heads = 8\nhedas = 3");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    fails_with(vcp().args(["train", "--config"]).arg(&bad), "hedas");
+    fails_with(vcp().args(["train", "--config"]).arg(&bad), "bad.toml");
+    // The official checkpoint does not fit the tiny config: the tensors are named.
+    fails_with(
+        vcp()
+            .args(["eval", "--config"])
+            .arg(&cfg)
+            .arg("--checkpoint")
+            .arg(official().join("vcp_trainables.pth"))
+            .env("VCP_CACHE", dir.path().join("cache")),
+        "head.fc.0.weight",
+    );
+    // Unreadable image for predict.
+    let junk = dir.path().join("junk.png");
+    std::fs::write(&junk, b"nope").unwrap();
+    fails_with(
+        vcp()
+            .args(["predict", "--checkpoint"])
+            .arg(official().join("vcp_trainables.pth"))
+            .arg("--clip")
+            .arg(official().join("clip_openai.safetensors"))
+            .args(["--size", "80", "--layers", "3,6,9,12", "--image"])
+            .arg(&junk)
+            .arg("--out")
+            .arg(dir.path().join("p")),
+        "junk.png",
+    );
+    assert!(!dir.path().join("p/scores.json").exists());
+}
+
+#[test]
+fn synth_command_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a", "b"] {
+        ok(vcp()
+            .args([
+                "data",
+                "synth",
+                "--size",
+                "48",
+                "--per-category",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+            ])
+            .arg(dir.path().join(name)));
+    }
+    let meta = vcp_data::Meta::load(&dir.path().join("a/meta.json")).unwrap();
+    assert_eq!(meta.test.0.len(), 10);
+    for (_, recs) in &meta.test.0 {
+        for r in recs {
+            let a = std::fs::read(dir.path().join("a").join(&r.img_path)).unwrap();
+            let b = std::fs::read(dir.path().join("b").join(&r.img_path)).unwrap();
+            assert_eq!(a, b, "{} differs between two runs", r.img_path);
+        }
+    }
+    assert!(
+        dir.path().join("a/meta_alpha.json").exists()
+            && dir.path().join("a/meta_beta.json").exists()
+    );
+}

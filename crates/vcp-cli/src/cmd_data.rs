@@ -5,6 +5,17 @@ use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
+    /// Write meta.json for a dataset in its native layout (see the README for `folder`).
+    Meta {
+        /// mvtec | visa | btad | mpdd | folder
+        #[arg(long)]
+        format: String,
+        /// Dataset root.
+        root: PathBuf,
+        /// Output file (default: ROOT/meta.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Generate the built-in synthetic defect benchmark (MVTec layout + meta.json).
     Synth {
         #[arg(long)]
@@ -22,6 +33,26 @@ pub enum Command {
 
 pub fn run(c: Command) -> Result<()> {
     match c {
+        Command::Meta { format, root, out } => {
+            let fmt: vcp_data::formats::Format = format.parse()?;
+            let meta = vcp_data::formats::build_meta(&root, fmt)?;
+            let out = out.unwrap_or_else(|| root.join("meta.json"));
+            meta.save(&out)?;
+            let anomalous: usize = meta
+                .test
+                .0
+                .iter()
+                .map(|(_, r)| r.iter().filter(|x| x.anomaly == 1).count())
+                .sum();
+            eprintln!(
+                "wrote {}: {} categories, {} test images ({anomalous} anomalous), {} train images",
+                out.display(),
+                meta.test.0.len(),
+                meta.test.len(),
+                meta.train.len()
+            );
+            Ok(())
+        }
         Command::Synth {
             out,
             seed,

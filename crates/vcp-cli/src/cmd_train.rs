@@ -47,6 +47,55 @@ fn last_epoch(out: &Path) -> Option<usize> {
         .max()
 }
 
+/// The per-sample training transform: reference augmentation and/or the 2x2 mosaic.
+fn augmentation(
+    tc: &vcp_model::config::TrainConfig,
+    records: &[vcp_data::Record],
+    root: &Path,
+    size: usize,
+    seed: u64,
+) -> Option<vcp_data::dataset::Transform> {
+    if !tc.augment && tc.mosaic_rate <= 0.0 {
+        return None;
+    }
+    let mut anomalous: std::collections::HashMap<String, Vec<vcp_data::Record>> =
+        Default::default();
+    for r in records.iter().filter(|r| r.anomaly == 1) {
+        anomalous
+            .entry(r.cls_name.clone())
+            .or_default()
+            .push(r.clone());
+    }
+    let (augment, rate, root) = (tc.augment, tc.mosaic_rate, root.to_path_buf());
+    Some(std::sync::Arc::new(
+        move |s: &mut vcp_data::dataset::Sample, i: u64| {
+            let mut rng = vcp_data::synth::Rng::new(seed ^ i.wrapping_mul(0x9E37_79B9));
+            if rate > 0.0 && (rng.f() as f64) < rate {
+                if let Some(pool) = anomalous.get(&s.class).filter(|p| !p.is_empty()) {
+                    let half = size / 2 + size % 2;
+                    let parts: Option<Vec<_>> = (0..4)
+                        .map(|_| {
+                            vcp_data::dataset::load_sample(&root, &pool[rng.int(pool.len())], half)
+                                .ok()
+                        })
+                        .collect();
+                    if let Some(parts) = parts {
+                        *s = vcp_data::augment::mosaic(&parts, half, size);
+                    }
+                }
+            }
+            if augment {
+                vcp_data::augment::augment(
+                    s,
+                    size,
+                    rng.next_u64(),
+                    &vcp_data::augment::AugmentConfig::default(),
+                );
+            }
+        },
+    ))
+}
+
 pub fn run(a: Args) -> Result<()> {
     let exp = crate::common::load_experiment(&a.config)?;
     let mut tc = exp
@@ -55,9 +104,6 @@ pub fn run(a: Args) -> Result<()> {
         .with_context(|| format!("{}: no [train] table", a.config.display()))?;
     if let Some(e) = a.epochs {
         tc.epochs = e;
-    }
-    if tc.augment {
-        eprintln!("note: augmentation is not implemented yet; training without it");
     }
     let dev = device(a.device.as_deref())?;
     let model = build_model(&exp, &dev)?;
@@ -126,10 +172,23 @@ pub fn run(a: Args) -> Result<()> {
         let pb = crate::cmd_eval::bar(records.len() as u64, "images");
         pb.set_prefix(format!("epoch {epoch}/{}", tc.epochs));
         let (mut sum, mut steps) = (0f64, 0usize);
-        for (step, b) in
-            vcp_data::dataset::batches(root.clone(), records.clone(), size, tc.batch_size, 2, None)
-                .into_iter()
-                .enumerate()
+        let transform = augmentation(
+            &tc,
+            &records,
+            &root,
+            size,
+            exp.seed.wrapping_mul(7919) + epoch as u64,
+        );
+        for (step, b) in vcp_data::dataset::batches(
+            root.clone(),
+            records.clone(),
+            size,
+            tc.batch_size,
+            2,
+            transform,
+        )
+        .into_iter()
+        .enumerate()
         {
             let b = b?;
             let feats = model.encode_images(&pixels(&b, &dev)?)?;

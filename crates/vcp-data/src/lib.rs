@@ -7,8 +7,10 @@
 //! * [`resample`]: Pillow- and PyTorch-exact antialiased resampling.
 //! * [`dataset`]: samples and prefetched batches; [`synth`]: the built-in defect benchmark.
 
+pub mod augment;
 pub mod dataset;
 pub mod error;
+pub mod formats;
 pub mod io;
 pub mod mask;
 pub mod meta;

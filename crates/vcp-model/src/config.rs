@@ -336,6 +336,10 @@ pub struct TrainConfig {
     /// Reference albumentations-style augmentation.
     #[serde(default)]
     pub augment: bool,
+    /// Probability of replacing a sample by a 2x2 mosaic of four anomalous images of its category
+    /// (the reference uses 0.2 when training on MVTec AD, 0 on VisA).
+    #[serde(default)]
+    pub mosaic_rate: f64,
     /// Categories of `val_data` for the per-epoch validation log (pixel AP), empty = none.
     #[serde(default)]
     pub val_data: Option<String>,

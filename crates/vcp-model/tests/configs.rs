@@ -1,0 +1,115 @@
+//! Every experiment file parses strictly and builds a model; unknown keys and invalid
+//! combinations are rejected with a message naming the key/file; presets build and run.
+
+use candle_core::{Device, Tensor};
+use std::path::PathBuf;
+use vcp_clip::{ClipConfig, ClipWeights};
+use vcp_model::config::ExperimentConfig;
+use vcp_model::{presets, VcpModel};
+
+fn experiments() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
+}
+
+#[test]
+fn every_experiment_file_parses_and_builds() {
+    let mut n = 0;
+    for e in std::fs::read_dir(experiments()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("toml") {
+            continue;
+        }
+        let exp = ExperimentConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        // Build on random weights of the preset (real weights are not available in CI), small input.
+        let mut cfg = exp.model();
+        let c = ClipConfig::preset(&cfg.backbone.preset).unwrap();
+        let mut small = c.clone();
+        small.vision.layers = c
+            .vision
+            .layers
+            .min(*cfg.backbone.taps.iter().max().unwrap());
+        small.vision.width = 64;
+        small.vision.heads = 2;
+        small.vision.mlp_dim = 128;
+        small.text.width = 64;
+        small.text.heads = 2;
+        small.text.mlp_dim = 128;
+        small.embed_dim = 64;
+        cfg.backbone.image_size = c.vision.patch_size * 4;
+        let w = ClipWeights::random(&small, 0, &Device::Cpu).unwrap();
+        let m = VcpModel::new(&cfg, &w, 0, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(m.parameter_count() > 0);
+        n += 1;
+    }
+    assert!(n >= 3);
+}
+
+#[test]
+fn unknown_keys_and_bad_combinations_are_named() {
+    let text = std::fs::read_to_string(experiments().join("vcp_clip_tiny.toml")).unwrap();
+    let bad = text.replace("heads = 8", "heads = 8\nnum_heads = 4");
+    let e = ExperimentConfig::from_toml(&bad, std::path::Path::new("x.toml")).unwrap_err();
+    assert!(
+        e.contains("x.toml") && e.contains("num_heads") && e.contains("line"),
+        "{e}"
+    );
+    let bad = text.replace("kind = \"post_vcp\"", "kind = \"post_vpc\"");
+    let e = ExperimentConfig::from_toml(&bad, std::path::Path::new("x.toml")).unwrap_err();
+    assert!(e.contains("post_vpc"), "{e}");
+    // UTP without category tokens cannot work.
+    let exp = ExperimentConfig::from_toml(
+        &text.replace(
+            "kind = \"pre_vcp\"\ntokens = 2\nmap = \"conv1d\"",
+            "kind = \"none\"",
+        ),
+        std::path::Path::new("x.toml"),
+    )
+    .unwrap();
+    let w = ClipWeights::random(&ClipConfig::tiny(), 0, &Device::Cpu).unwrap();
+    let e = VcpModel::new(&exp.model(), &w, 0, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("category"), "{e}");
+}
+
+#[test]
+fn presets_build_and_give_maps() {
+    let w = ClipWeights::random(&ClipConfig::tiny(), 0, &Device::Cpu).unwrap();
+    let bb = presets::tiny(64);
+    let mut all = vec![
+        ("april_gan", presets::april_gan(bb.clone())),
+        ("anomaly_clip", presets::anomaly_clip(bb.clone(), 4)),
+    ];
+    all.extend(presets::component_ablation(bb, 4));
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
+    for (name, cfg) in all {
+        let m = VcpModel::new(&cfg, &w, 1, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let f = m.encode_images(&x).unwrap();
+        let lg = m.logits(&f, "screw", false, false).unwrap();
+        assert_eq!(lg.raw.len(), 4, "{name}");
+        assert_eq!(
+            lg.refined.is_empty(),
+            !matches!(
+                cfg.refiner,
+                vcp_model::config::RefinerConfig::PostVcp { .. }
+            ),
+            "{name}"
+        );
+        let maps = m.image_maps(&lg, 64).unwrap();
+        assert_eq!(maps.len(), 2);
+        assert!(maps[0].raw.iter().all(|v| v.is_finite() && *v >= 0.0));
+        // Gradients reach every trainable tensor of every preset.
+        let gt = Tensor::zeros((2, 64, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let lg = m.logits(&f, "screw", true, false).unwrap();
+        let (loss, _) = m.loss(&lg, &gt).unwrap();
+        let grads = loss.backward().unwrap();
+        for (n, v) in m.params.vars() {
+            assert!(
+                grads.get(v.as_tensor()).is_some(),
+                "{name}: no gradient for {n}"
+            );
+        }
+    }
+}

@@ -174,20 +174,20 @@ pub fn run(a: Args) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("model config: {}", crate::util::first(&e)))?;
     vcp_model::checkpoint::load_into(&model, &a.checkpoint)?;
     let size = exp.backbone.image_size;
+    // Decode everything first: an unreadable image must not leave a partial result folder.
+    let decoded: Vec<(PathBuf, Vec<u8>)> = images
+        .iter()
+        .map(|p| {
+            let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
+            Ok((p.clone(), vcp_data::resample::resize_u8_pil(&rgb, 3, (ih, iw), (size, size), vcp_data::resample::Filter::Bicubic)))
+        })
+        .collect::<Result<_>>()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let pb = crate::cmd_eval::bar(images.len() as u64, "images");
     let mut scores = BTreeMap::new();
-    for p in &images {
-        let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
-        let rgb = vcp_data::resample::resize_u8_pil(
-            &rgb,
-            3,
-            (ih, iw),
-            (size, size),
-            vcp_data::resample::Filter::Bicubic,
-        );
+    for (p, rgb) in &decoded {
         let x = candle_core::Tensor::from_vec(
-            vcp_data::dataset::normalize_rgb(&rgb, size),
+            vcp_data::dataset::normalize_rgb(rgb, size),
             (1, 3, size, size),
             &dev,
         )?;

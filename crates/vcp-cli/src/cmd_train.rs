@@ -134,6 +134,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let (main, temps) = model.trainable_groups();
+    let all_vars: Vec<(String, candle_core::Var)> = main.iter().chain(temps.iter()).cloned().collect();
     let p = |lr: f64| candle_nn::ParamsAdamW {
         lr,
         beta1: tc.betas[0],
@@ -193,36 +194,54 @@ pub fn run(a: Args) -> Result<()> {
             let b = b?;
             let feats = model.encode_images(&pixels(&b, &dev)?)?;
             let gt = Tensor::from_slice(&b.masks, (b.len(), size, size), &dev)?;
-            let loss = if per_class_text {
-                // Hand-crafted prompts with class names: text differs per category.
-                let mut total: Option<Tensor> = None;
-                let mut classes: Vec<&String> = b.classes.iter().collect();
-                classes.dedup();
-                for cls in classes {
-                    let idx: Vec<usize> = (0..b.len()).filter(|&i| &b.classes[i] == cls).collect();
-                    let ids = Tensor::from_vec(
-                        idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                        idx.len(),
-                        &dev,
-                    )?;
-                    let lg = model.logits(&feats.select(&idx)?, cls, true, false)?;
+            // Groups of images per backward pass: per category when the text depends on the
+            // category name, at most `loss_chunk` images each. Loss = sum_g (n_g / B) L_g exactly,
+            // so the summed gradients equal the full-batch gradient.
+            let n = b.len();
+            let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+            if per_class_text {
+                for (i, c) in b.classes.iter().enumerate() {
+                    match groups.iter_mut().find(|(g, _)| g == c) {
+                        Some((_, v)) => v.push(i),
+                        None => groups.push((c.clone(), vec![i])),
+                    }
+                }
+            } else {
+                groups.push((b.classes[0].clone(), (0..n).collect()));
+            }
+            let chunk = tc.loss_chunk.unwrap_or(n).max(1);
+            let mut grads: Option<candle_core::backprop::GradStore> = None;
+            let mut v = 0f32;
+            for (cls, idx) in &groups {
+                for part in idx.chunks(chunk) {
+                    let ids = Tensor::from_vec(part.iter().map(|&i| i as u32).collect::<Vec<_>>(), part.len(), &dev)?;
+                    let lg = model.logits(&feats.select(part)?, cls, true, false)?;
                     let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
-                    let l = (l * (idx.len() as f64 / b.len() as f64))?;
-                    total = Some(match total {
-                        Some(t) => (t + l)?,
-                        None => l,
+                    let l = (l * (part.len() as f64 / n as f64))?;
+                    let lv = l.to_scalar::<f32>()?;
+                    if !lv.is_finite() {
+                        bail!("training diverged: loss is {lv} at epoch {epoch}, step {step}; no checkpoint was written for this epoch");
+                    }
+                    v += lv;
+                    let g = l.backward()?;
+                    grads = Some(match grads {
+                        None => g,
+                        Some(mut acc) => {
+                            for (_, var) in &all_vars {
+                                if let Some(gv) = g.get(var.as_tensor()) {
+                                    let sum = match acc.get(var.as_tensor()) {
+                                        Some(a) => (a + gv)?,
+                                        None => gv.clone(),
+                                    };
+                                    acc.insert(var.as_tensor(), sum);
+                                }
+                            }
+                            acc
+                        }
                     });
                 }
-                total.unwrap()
-            } else {
-                let lg = model.logits(&feats, &b.classes[0], true, false)?;
-                model.loss(&lg, &gt)?.0
-            };
-            let v = loss.to_scalar::<f32>()?;
-            if !v.is_finite() {
-                bail!("training diverged: loss is {v} at epoch {epoch}, step {step}; no checkpoint was written for this epoch");
             }
-            let grads = loss.backward()?;
+            let grads = grads.expect("a non-empty batch");
             opt_main.step(&grads)?;
             opt_temp.step(&grads)?;
             sum += v as f64;

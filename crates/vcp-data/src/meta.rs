@@ -80,6 +80,9 @@ fn parse_split(path: &Path, name: &str, v: Option<&serde_json::Value>) -> Result
             }
             records.push(rec);
         }
+        if records.is_empty() && name == "test" {
+            return Err(DataError::file(path, format!("`test.{cls}` is an empty category")));
+        }
         out.push((cls.clone(), records));
     }
     Ok(Split(out))
@@ -189,7 +192,7 @@ mod tests {
 
     #[test]
     fn save_roundtrip() {
-        let text = r#"{"train": {}, "test": {"b": [{"img_path": "x.png", "mask_path": "m.png", "cls_name": "b", "specie_name": "anomaly", "anomaly": 1}], "a": []}}"#;
+        let text = r#"{"train": {"a": []}, "test": {"b": [{"img_path": "x.png", "mask_path": "m.png", "cls_name": "b", "specie_name": "anomaly", "anomaly": 1}]}}"#;
         let m = Meta::parse(text, Path::new("m.json")).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("meta.json");

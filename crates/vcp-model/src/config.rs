@@ -25,6 +25,19 @@ pub struct BackboneConfig {
     /// MLP activation override (`gelu` reproduces the VCP-CLIP reference on OpenAI weights).
     #[serde(default)]
     pub activation: Option<vcp_clip::Activation>,
+    /// Attention of the frozen image tower.
+    #[serde(default)]
+    pub attention: VisionAttention,
+}
+
+/// The image tower's attention. Dense-CLIP variants (V-V attention as in CLIP Surgery /
+/// AnomalyCLIP's DPAM, ClearCLIP's last block) are added here as further variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisionAttention {
+    /// CLIP's own query-key attention in every block.
+    #[default]
+    Standard,
 }
 
 fn default_preset() -> String {
@@ -275,6 +288,9 @@ pub enum ImageScoreConfig {
     TopkMean { k: usize },
     /// Max of the final map.
     Max,
+    /// Probability of the abnormal state from the class token: softmax over the two states of
+    /// `exp(tau) * cos(global embedding, text)` (APRIL-GAN / AnomalyCLIP zero-shot image score).
+    ClsText,
 }
 
 /// Map fusion and post-processing (VCP-CLIP test.py / calcuate_metric).
@@ -340,6 +356,11 @@ pub struct TrainConfig {
     /// (the reference uses 0.2 when training on MVTec AD, 0 on VisA).
     #[serde(default)]
     pub mosaic_rate: f64,
+    /// Images per backward pass (default: the whole batch). The loss is a weighted sum over
+    /// images, so chunks give the same gradient while holding only one chunk's upsampled maps
+    /// (the reference needs 24 GB at batch 32 and 518 px because it keeps all of them).
+    #[serde(default)]
+    pub loss_chunk: Option<usize>,
     /// Categories of `val_data` for the per-epoch validation log (pixel AP), empty = none.
     #[serde(default)]
     pub val_data: Option<String>,

@@ -133,6 +133,8 @@ pub struct ImageMaps {
     pub raw: Vec<f32>,
     pub refined: Option<Vec<f32>>,
     pub size: usize,
+    /// Abnormal-state probability from the class token (for `ImageScoreConfig::ClsText`).
+    pub cls_score: f32,
 }
 
 /// What post-processing produces for a set of images (a category, or one image).
@@ -180,6 +182,7 @@ pub fn finalize(images: &[ImageMaps], cfg: &FusionConfig) -> Finalized {
                     + im.refined.as_ref().map(|r| topk_mean(r, *k)).unwrap_or(0.0)
             }
             ImageScoreConfig::Max => sm.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
+            ImageScoreConfig::ClsText => im.cls_score,
         })
         .collect();
     let mut maps = smoothed.clone();

@@ -12,6 +12,7 @@ pub fn vit_l_14_336_at_518(weights: &str) -> BackboneConfig {
         image_size: 518,
         taps: vec![6, 12, 18, 24],
         activation: Some(vcp_clip::Activation::Gelu),
+        attention: VisionAttention::Standard,
     }
 }
 
@@ -24,6 +25,7 @@ pub fn tiny(image_size: usize) -> BackboneConfig {
         image_size,
         taps: vec![3, 6, 9, 12],
         activation: None,
+        attention: VisionAttention::Standard,
     }
 }
 
@@ -122,7 +124,7 @@ pub fn april_gan(backbone: BackboneConfig) -> ModelConfig {
             upsample: Upsample::BilinearAlignCorners,
             sigma: 4.0,
             normalize: Normalize::None,
-            image_score: ImageScoreConfig::Max,
+            image_score: ImageScoreConfig::ClsText,
         },
     }
 }
@@ -156,7 +158,7 @@ pub fn anomaly_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig
             upsample: Upsample::BilinearAlignCorners,
             sigma: 4.0,
             normalize: Normalize::None,
-            image_score: ImageScoreConfig::Max,
+            image_score: ImageScoreConfig::ClsText,
         },
     }
 }

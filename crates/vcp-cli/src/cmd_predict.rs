@@ -179,7 +179,16 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|p| {
             let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
-            Ok((p.clone(), vcp_data::resample::resize_u8_pil(&rgb, 3, (ih, iw), (size, size), vcp_data::resample::Filter::Bicubic)))
+            Ok((
+                p.clone(),
+                vcp_data::resample::resize_u8_pil(
+                    &rgb,
+                    3,
+                    (ih, iw),
+                    (size, size),
+                    vcp_data::resample::Filter::Bicubic,
+                ),
+            ))
         })
         .collect::<Result<_>>()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;

@@ -134,7 +134,8 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let (main, temps) = model.trainable_groups();
-    let all_vars: Vec<(String, candle_core::Var)> = main.iter().chain(temps.iter()).cloned().collect();
+    let all_vars: Vec<(String, candle_core::Var)> =
+        main.iter().chain(temps.iter()).cloned().collect();
     let p = |lr: f64| candle_nn::ParamsAdamW {
         lr,
         beta1: tc.betas[0],
@@ -214,7 +215,11 @@ pub fn run(a: Args) -> Result<()> {
             let mut v = 0f32;
             for (cls, idx) in &groups {
                 for part in idx.chunks(chunk) {
-                    let ids = Tensor::from_vec(part.iter().map(|&i| i as u32).collect::<Vec<_>>(), part.len(), &dev)?;
+                    let ids = Tensor::from_vec(
+                        part.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                        part.len(),
+                        &dev,
+                    )?;
                     let lg = model.logits(&feats.select(part)?, cls, true, false)?;
                     let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
                     let l = (l * (part.len() as f64 / n as f64))?;

@@ -81,7 +81,10 @@ fn parse_split(path: &Path, name: &str, v: Option<&serde_json::Value>) -> Result
             records.push(rec);
         }
         if records.is_empty() && name == "test" {
-            return Err(DataError::file(path, format!("`test.{cls}` is an empty category")));
+            return Err(DataError::file(
+                path,
+                format!("`test.{cls}` is an empty category"),
+            ));
         }
         out.push((cls.clone(), records));
     }

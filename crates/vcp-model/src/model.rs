@@ -288,8 +288,18 @@ impl VcpModel {
             }
         }
         // [B, 1, D] x [B, D, 2] -> [B, 2]
-        let cls = l2norm(&f.global)?.unsqueeze(1)?.matmul(&tt)?.squeeze(1)?.broadcast_mul(&scale_raw)?;
-        Ok(Logits { text, raw, refined, cls, trace: want_trace.then_some(trace) })
+        let cls = l2norm(&f.global)?
+            .unsqueeze(1)?
+            .matmul(&tt)?
+            .squeeze(1)?
+            .broadcast_mul(&scale_raw)?;
+        Ok(Logits {
+            text,
+            raw,
+            refined,
+            cls,
+            trace: want_trace.then_some(trace),
+        })
     }
 
     /// Focal + Dice on every map of every layer and branch (reference train.py), with named terms.
@@ -349,11 +359,19 @@ impl VcpModel {
         };
         let raw = reduce(&lg.raw)?.expect("raw branch");
         let refined = reduce(&lg.refined)?;
-        let cls = candle_nn::ops::softmax(&lg.cls.detach(), 1)?.narrow(1, 1, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+        let cls = candle_nn::ops::softmax(&lg.cls.detach(), 1)?
+            .narrow(1, 1, 1)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?;
         Ok(raw
             .into_iter()
             .enumerate()
-            .map(|(i, r)| ImageMaps { raw: r, refined: refined.as_ref().map(|v| v[i].clone()), size, cls_score: cls[i] })
+            .map(|(i, r)| ImageMaps {
+                raw: r,
+                refined: refined.as_ref().map(|v| v[i].clone()),
+                size,
+                cls_score: cls[i],
+            })
             .collect())
     }
 

@@ -212,7 +212,7 @@ pub fn run(a: Args) -> Result<()> {
         };
         vcp_data::npy::write_f32_2d(&a.out.join(format!("{stem}.npy")), &arr)?;
         overlay_png(
-            &rgb,
+            rgb,
             &fin.maps[0],
             size,
             a.threshold,

@@ -70,7 +70,11 @@ fn chunked_gradients_equal_full_batch() {
         } else {
             // f32 summation order differs between one pass and two; bias gradients are sums with
             // heavy cancellation (measured: weights within 1e-4, post_vcp.v.bias 1.1e-3 relative).
-            assert!(err <= 5e-3 * scale + 1e-6, "{name}: relative error {}", err / scale);
+            assert!(
+                err <= 5e-3 * scale + 1e-6,
+                "{name}: relative error {}",
+                err / scale
+            );
         }
     }
 }

@@ -169,28 +169,37 @@ pub fn resolve(root: &Path, rel: &str) -> PathBuf {
 mod tests {
     use super::*;
 
+    const REC: &str = r#"{"img_path": "a/b.png", "mask_path": "", "cls_name": "alpha", "specie_name": "good", "anomaly": 0}"#;
+
     #[test]
     fn keeps_file_order_and_rejects_bad_input() {
-        let text = r#"{"train": {}, "test": {"zeta": [], "alpha": [{"img_path": "a/b.png", "mask_path": "", "cls_name": "alpha", "specie_name": "good", "anomaly": 0}]}}"#;
-        let m = Meta::parse(text, Path::new("m.json")).unwrap();
+        let text = format!(
+            r#"{{"train": {{"empty": []}}, "test": {{"zeta": [{REC}], "alpha": [{REC}]}}}}"#
+        );
+        let m = Meta::parse(&text, Path::new("m.json")).unwrap();
         assert_eq!(
             m.test.categories().collect::<Vec<_>>(),
             vec!["zeta", "alpha"]
         );
-        let bad = text.replace("\"specie_name\"", "\"colour\": 1, \"specie_name\"");
+        let bad = text.replacen("\"specie_name\"", "\"colour\": 1, \"specie_name\"", 1);
         let e = Meta::parse(&bad, Path::new("m.json"))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("m.json") && e.contains("colour") && e.contains("test.alpha[0]"),
+            e.contains("m.json") && e.contains("colour") && e.contains("test.zeta[0]"),
             "{e}"
         );
-        let out = text.replace("a/b.png", "../../etc/passwd");
+        let out = text.replacen("a/b.png", "../../etc/passwd", 1);
         assert!(Meta::parse(&out, Path::new("m.json"))
             .unwrap_err()
             .to_string()
             .contains("outside"));
         assert!(Meta::parse(r#"{"val": {}}"#, Path::new("m.json")).is_err());
+        let empty = format!(r#"{{"test": {{"zeta": [], "alpha": [{REC}]}}}}"#);
+        let e = Meta::parse(&empty, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("test.zeta") && e.contains("empty"), "{e}");
     }
 
     #[test]

@@ -1,15 +1,11 @@
 //! `vcp eval --config X.toml --checkpoint CKPT [--data META] [--save-maps DIR] [--out DIR]`:
 //! the model on a dataset's test split, scored exactly like `vcp eval-maps`.
 
-use crate::common::{build_model, device, pixels, resolve_data};
+use crate::common::{build_model, device, resolve_data};
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::path::{Path, PathBuf};
-use vcp_data::Meta;
-use vcp_metrics::{evaluate_category, CategoryMetrics, MapRef};
-use vcp_model::fusion::finalize;
-use vcp_model::VcpModel;
+use candle_core::Tensor;
+use indicatif::ProgressBar;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,85 +30,7 @@ pub struct Args {
 }
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
-    ProgressBar::new(len).with_style(
-        ProgressStyle::with_template(&format!("{{prefix:>14}} [{{bar:30}}] {{pos}}/{{len}} {what} {{msg}} {{elapsed_precise}} eta {{eta}}"))
-            .unwrap()
-            .progress_chars("=> "),
-    )
-}
-
-/// Per-category metrics in category order.
-pub type Rows = Vec<(String, CategoryMetrics)>;
-
-/// Evaluate `model` on every category of `meta.test`; optionally save final maps.
-pub fn evaluate(
-    model: &VcpModel,
-    meta: &Meta,
-    root: &Path,
-    batch_size: usize,
-    save_maps: Option<&Path>,
-    device: &Device,
-    pb: &ProgressBar,
-) -> Result<(Rows, Vec<String>)> {
-    let size = model.cfg.backbone.image_size;
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
-    for (cls, recs) in &meta.test.0 {
-        pb.set_prefix(cls.clone());
-        let mut images = Vec::new();
-        let mut masks: Vec<Vec<bool>> = Vec::new();
-        let mut labels = Vec::new();
-        let mut paths = Vec::new();
-        for b in
-            vcp_data::dataset::batches(root.to_path_buf(), recs.clone(), size, batch_size, 2, None)
-        {
-            let b = b?;
-            let feats = model.encode_images(&pixels(&b, device)?)?;
-            let lg = model.logits(&feats, cls, false, false)?;
-            images.extend(model.image_maps(&lg, size)?);
-            masks.extend(
-                b.masks
-                    .chunks(size * size)
-                    .map(|m| m.iter().map(|&v| v > 0.5).collect()),
-            );
-            labels.extend(b.labels.iter().map(|&l| l == 1));
-            paths.extend(b.paths.clone());
-            pb.inc(b.len() as u64);
-        }
-        if images.is_empty() {
-            notes.push(format!("{cls}: no images"));
-            continue;
-        }
-        let fin = finalize(&images, &model.cfg.fusion);
-        if let Some(dir) = save_maps {
-            for (m, p) in fin.maps.iter().zip(&paths) {
-                let a = vcp_data::npy::Array2 {
-                    height: size,
-                    width: size,
-                    data: m.clone(),
-                };
-                vcp_data::npy::write_f32_2d(&dir.join(Path::new(p).with_extension("npy")), &a)?;
-            }
-        }
-        let refs: Vec<MapRef> = fin
-            .maps
-            .iter()
-            .zip(&masks)
-            .map(|(s, m)| MapRef {
-                scores: s,
-                mask: m,
-                height: size,
-                width: size,
-            })
-            .collect();
-        let r = evaluate_category(&refs, &labels, &fin.scores)
-            .with_context(|| format!("category {cls}"))?;
-        for w in r.warnings {
-            notes.push(format!("{cls}: {w}"));
-        }
-        rows.push((cls.clone(), r.metrics));
-    }
-    Ok((rows, notes))
+    vcp_runner::bar(len, what)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -138,7 +56,14 @@ pub fn run(a: Args) -> Result<()> {
     let bs = ec.as_ref().map(|e| e.batch_size).unwrap_or(8);
     let pb = bar(meta.test.len() as u64, "images");
     let t = std::time::Instant::now();
-    let (rows, notes) = evaluate(&model, &meta, &root, bs, a.save_maps.as_deref(), &dev, &pb)?;
+    let eo = vcp_runner::eval::EvalOptions {
+        batch_size: bs,
+        save_maps: a.save_maps.as_deref(),
+        keep_images: 0,
+        cache: None,
+    };
+    let ev = vcp_runner::eval::evaluate(&model, &meta, &root, &eo, &dev, &pb)?;
+    let (rows, notes) = (ev.rows, ev.notes);
     pb.finish_and_clear();
     let out = a.out.clone().unwrap_or_else(|| match &a.checkpoint {
         Some(c) => c

@@ -1,5 +1,6 @@
 //! `vcp`: the command line of the VCP-CLIP research workspace.
 
+mod cmd_ablate;
 mod cmd_data;
 mod cmd_demo;
 mod cmd_eval;
@@ -45,6 +46,10 @@ enum Command {
     Eval(cmd_eval::Args),
     /// Anomaly maps, overlays and scores for single images (no dataset needed).
     Predict(cmd_predict::Args),
+    /// Run an ablation (variants x seeds), resumable; writes records, tables and plots.
+    Ablate(cmd_ablate::Args),
+    /// Regenerate an experiment's tables and plots from its run records.
+    Report(cmd_ablate::ReportArgs),
     /// Download CLIP weights from the Hugging Face hub (online machines).
     #[command(subcommand)]
     Weights(cmd_weights::Command),
@@ -65,6 +70,8 @@ fn main() -> ExitCode {
         Command::Train(a) => cmd_train::run(a),
         Command::Eval(a) => cmd_eval::run(a),
         Command::Predict(a) => cmd_predict::run(a),
+        Command::Ablate(a) => cmd_ablate::run(a),
+        Command::Report(a) => cmd_ablate::report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

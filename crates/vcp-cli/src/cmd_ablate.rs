@@ -1,0 +1,119 @@
+//! `vcp ablate [EXPERIMENT.toml] [--device ...] [--seeds ...] [--set key=value ...]` and
+//! `vcp report EXPERIMENT`.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use vcp_runner::experiment;
+
+const DEFAULT_ABLATION: &str = include_str!("../../../experiments/ablate_default.toml");
+const DEFAULT_BASE: &str = include_str!("../../../experiments/vcp_clip_tiny.toml");
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Ablation or experiment file; none = the embedded default (synthetic benchmark, tiny CLIP).
+    experiment: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    device: Option<String>,
+    /// Seeds, e.g. 0,1,2 (overrides the file's list).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Override any config key for every run, e.g. --set train.epochs=2 (repeatable).
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// Results folder.
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+    /// Recompute backbone features for every run (for measuring the cache).
+    #[arg(long)]
+    no_cache: bool,
+    /// Feature-cache size limit in MiB.
+    #[arg(long, default_value_t = 4096)]
+    cache_mib: usize,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Experiment name (folder in --results) or its ablation file.
+    experiment: String,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+/// The embedded default written to the cache folder, so `vcp ablate` works from any directory.
+fn default_file() -> Result<PathBuf> {
+    let dir = vcp_runner::data::cache_dir().join("embedded");
+    vcp_data::io::write_atomic(
+        &dir.join("ablate_default.toml"),
+        DEFAULT_ABLATION.as_bytes(),
+    )?;
+    vcp_data::io::write_atomic(&dir.join("vcp_clip_tiny.toml"), DEFAULT_BASE.as_bytes())?;
+    Ok(dir.join("ablate_default.toml"))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let t = std::time::Instant::now();
+    let file = match &a.experiment {
+        Some(f) => f.clone(),
+        None => default_file()?,
+    };
+    let sets: Vec<_> = a
+        .sets
+        .iter()
+        .map(|s| experiment::parse_set(s))
+        .collect::<Result<_>>()?;
+    let ab = experiment::load(&file, &sets, a.seeds.as_deref())?;
+    eprintln!(
+        "{}: {} variants x seeds = {} runs",
+        ab.name,
+        ab.variants.len(),
+        ab.runs.len()
+    );
+    let opts = vcp_runner::runner::RunOptions {
+        results: a.results.clone(),
+        device: crate::common::device(a.device.as_deref())?,
+        cache: !a.no_cache,
+        cache_bytes: a.cache_mib << 20,
+        keep_images: 2,
+    };
+    let (skipped, ran) = vcp_runner::runner::run_all(&ab, &opts)?;
+    let exp_dir = a.results.join(&ab.name);
+    let (md, plots) = vcp_runner::report::report(
+        &exp_dir,
+        &ab.variants,
+        ab.baseline.as_deref(),
+        &ab.reference,
+    )?;
+    println!("{md}");
+    println!(
+        "{ran} runs done, {skipped} already finished; {:.1} s.\nTable: {}/table.md (.csv, .tex)\nPlots: {}",
+        t.elapsed().as_secs_f64(),
+        exp_dir.display(),
+        plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+pub fn report(a: ReportArgs) -> Result<()> {
+    let p = Path::new(&a.experiment);
+    let (name, order, baseline, reference) = if p.is_file() {
+        let ab = experiment::load(p, &[], None)?;
+        (ab.name, ab.variants, ab.baseline, ab.reference)
+    } else {
+        let f = Path::new("experiments").join(format!("{}.toml", a.experiment));
+        match experiment::load(&f, &[], None) {
+            Ok(ab) => (ab.name, ab.variants, ab.baseline, ab.reference),
+            Err(_) => (a.experiment.clone(), vec![], None, vec![]),
+        }
+    };
+    let exp_dir = a.results.join(&name);
+    let (md, plots) = vcp_runner::report::report(&exp_dir, &order, baseline.as_deref(), &reference)
+        .with_context(|| format!("report of {}", exp_dir.display()))?;
+    println!("{md}");
+    println!(
+        "Table: {}/table.md; plots: {}",
+        exp_dir.display(),
+        plots.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `vcp ablate` / `vcp report` on a miniature experiment (2 variants, 2 seeds, tiny preset, a few
+//! synthetic images): one table row per variant with mean and std, finished runs skipped, a run
+//! without a record (killed) redone, and the report reproducing the same table from the records.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn vcp(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vcp"));
+    c.env("VCP_CACHE", cache);
+    c
+}
+
+fn ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn mini(dir: &Path) -> PathBuf {
+    let base = std::fs::read_to_string(root().join("experiments/vcp_clip_tiny.toml"))
+        .unwrap()
+        .replace("image_size = 224", "image_size = 64")
+        .replace("epochs = 2", "epochs = 1")
+        .replace("per_category = 12", "per_category = 2")
+        .replace("size = 128", "size = 48")
+        .replace("dropout = 0.1", "dropout = 0.0")
+        .replace("augment = true", "augment = false");
+    std::fs::write(dir.join("base.toml"), base).unwrap();
+    let ab = r#"
+name = "mini"
+base = "base.toml"
+seeds = [0, 1]
+baseline = "utp"
+[[variant]]
+name = "utp"
+set = { "deep_prompt" = { kind = "none" }, "category" = { kind = "static", tokens = 2 }, "refiner" = { kind = "identity" }, "fusion.raw_weight" = 1.0 }
+[[variant]]
+name = "vcp_clip"
+set = {}
+[[reference]]
+name = "a published number"
+auroc_px = 0.9
+"#;
+    std::fs::write(dir.join("mini.toml"), ab).unwrap();
+    dir.join("mini.toml")
+}
+
+#[test]
+fn ablation_runs_resumes_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, results) = (dir.path().join("cache"), dir.path().join("results"));
+    let file = mini(dir.path());
+    let (out, _) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results));
+    assert!(out.contains("4 runs done, 0 already finished"), "{out}");
+    let exp = results.join("mini");
+    let table = std::fs::read_to_string(exp.join("table.md")).unwrap();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| utp") || l.starts_with("| vcp_clip"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains(" | 2 | ") && r.contains('±')),
+        "{table}"
+    );
+    assert!(table.contains("*a published number*"));
+    let csv = std::fs::read_to_string(exp.join("table.csv")).unwrap();
+    assert!(
+        csv.starts_with("variant,n_seeds,auroc_px_mean,auroc_px_std"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 3);
+    for p in [
+        "pixel_metrics.png",
+        "pixel_metrics.svg",
+        "deltas.png",
+        "per_category_ap_px.png",
+        "curves_roc.png",
+        "qualitative.png",
+    ] {
+        assert!(exp.join("plots").join(p).exists(), "{p} missing");
+    }
+    // Every run folder has its files; the record carries provenance.
+    let runs: Vec<PathBuf> = std::fs::read_dir(exp.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 4);
+    for r in &runs {
+        for f in [
+            "config.resolved.toml",
+            "record.json",
+            "per_category.csv",
+            "log.txt",
+        ] {
+            assert!(r.join(f).exists(), "{} missing in {}", f, r.display());
+        }
+        let rec: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r.join("record.json")).unwrap()).unwrap();
+        for k in [
+            "experiment",
+            "variant",
+            "seed",
+            "dataset",
+            "git",
+            "device",
+            "dtype",
+            "start",
+            "end",
+            "wall_seconds",
+            "peak_rss_mib",
+            "checkpoint_sha256",
+            "metrics",
+        ] {
+            assert!(rec.get(k).is_some(), "record lacks {k}");
+        }
+    }
+    // Re-running skips everything.
+    let (out, _) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results));
+    assert!(out.contains("0 runs done, 4 already finished"), "{out}");
+    // A run killed before its record was written is redone, and gives the same numbers.
+    std::fs::remove_file(runs[0].join("record.json")).unwrap();
+    let (out, _) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results));
+    assert!(out.contains("1 runs done, 3 already finished"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(exp.join("table.md")).unwrap(),
+        table
+    );
+    // The report alone reproduces the table from the records.
+    std::fs::remove_file(exp.join("table.md")).unwrap();
+    ok(vcp(&cache)
+        .arg("report")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results));
+    assert_eq!(
+        std::fs::read_to_string(exp.join("table.md")).unwrap(),
+        table
+    );
+}
+
+#[test]
+fn bad_ablation_file_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = mini(dir.path());
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("set = {}", "set = { \"refiner.hedas\" = 3 }");
+    std::fs::write(&file, text).unwrap();
+    let out = vcp(&dir.path().join("c"))
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(dir.path().join("r"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vcp_clip") && err.contains("hedas"), "{err}");
+}

@@ -1,0 +1,134 @@
+//! Evaluation of a model on a dataset's test split with the exact metrics of `vcp-metrics`.
+
+use crate::cache::FeatureCache;
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use indicatif::ProgressBar;
+use std::path::Path;
+use vcp_data::Meta;
+use vcp_metrics::{evaluate_category, CategoryMetrics, Curves, MapRef};
+use vcp_model::fusion::finalize;
+use vcp_model::VcpModel;
+
+/// Per-category metrics in category order.
+pub type Rows = Vec<(String, CategoryMetrics)>;
+
+#[derive(Default)]
+pub struct EvalOutput {
+    pub rows: Rows,
+    pub curves: Vec<(String, Curves)>,
+    pub notes: Vec<String>,
+    /// The first `keep_images` images of each category: (img_path, rgb, final map, mask).
+    pub kept: Vec<(String, Vec<u8>, Vec<f32>, Vec<bool>)>,
+    pub backbone_seconds: f64,
+    pub seconds: f64,
+}
+
+pub struct EvalOptions<'a> {
+    pub batch_size: usize,
+    pub save_maps: Option<&'a Path>,
+    pub keep_images: usize,
+    pub cache: Option<&'a FeatureCache>,
+}
+
+pub fn evaluate(
+    model: &VcpModel,
+    meta: &Meta,
+    root: &Path,
+    o: &EvalOptions,
+    device: &Device,
+    pb: &ProgressBar,
+) -> Result<EvalOutput> {
+    let t0 = std::time::Instant::now();
+    let size = model.cfg.backbone.image_size;
+    let mut out = EvalOutput::default();
+    for (cls, recs) in &meta.test.0 {
+        pb.set_prefix(cls.clone());
+        let mut images = Vec::new();
+        let mut masks: Vec<Vec<bool>> = Vec::new();
+        let mut labels = Vec::new();
+        let mut paths = Vec::new();
+        let mut rgbs = Vec::new();
+        for b in vcp_data::dataset::batches(
+            root.to_path_buf(),
+            recs.clone(),
+            size,
+            o.batch_size,
+            2,
+            None,
+        ) {
+            let b = b?;
+            let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
+            let tb = std::time::Instant::now();
+            let feats = match o.cache {
+                Some(c) => {
+                    let keys: Vec<Option<String>> = b
+                        .paths
+                        .iter()
+                        .map(|p| Some(format!("{}:{p}", root.display())))
+                        .collect();
+                    c.features(model, &px, &keys, device)?
+                }
+                None => model.encode_images(&px)?,
+            };
+            out.backbone_seconds += tb.elapsed().as_secs_f64();
+            let lg = model.logits(&feats, cls, false, false)?;
+            images.extend(model.image_maps(&lg, size)?);
+            masks.extend(
+                b.masks
+                    .chunks(size * size)
+                    .map(|m| m.iter().map(|&v| v > 0.5).collect()),
+            );
+            labels.extend(b.labels.iter().map(|&l| l == 1));
+            paths.extend(b.paths.clone());
+            rgbs.extend(b.rgb.clone());
+            pb.inc(b.len() as u64);
+        }
+        if images.is_empty() {
+            out.notes.push(format!("{cls}: no images"));
+            continue;
+        }
+        let fin = finalize(&images, &model.cfg.fusion);
+        if let Some(dir) = o.save_maps {
+            for (m, p) in fin.maps.iter().zip(&paths) {
+                let a = vcp_data::npy::Array2 {
+                    height: size,
+                    width: size,
+                    data: m.clone(),
+                };
+                vcp_data::npy::write_f32_2d(&dir.join(Path::new(p).with_extension("npy")), &a)?;
+            }
+        }
+        // Keep a few anomalous images first (they make the qualitative grid), then normal ones.
+        let mut order: Vec<usize> = (0..paths.len()).filter(|&i| labels[i]).collect();
+        order.extend((0..paths.len()).filter(|&i| !labels[i]));
+        for &i in order.iter().take(o.keep_images) {
+            out.kept.push((
+                paths[i].clone(),
+                rgbs[i].clone(),
+                fin.maps[i].clone(),
+                masks[i].clone(),
+            ));
+        }
+        let refs: Vec<MapRef> = fin
+            .maps
+            .iter()
+            .zip(&masks)
+            .map(|(s, m)| MapRef {
+                scores: s,
+                mask: m,
+                height: size,
+                width: size,
+            })
+            .collect();
+        let r = evaluate_category(&refs, &labels, &fin.scores)
+            .with_context(|| format!("category {cls}"))?;
+        for w in r.warnings {
+            out.notes.push(format!("{cls}: {w}"));
+        }
+        out.rows.push((cls.clone(), r.metrics));
+        out.curves.push((cls.clone(), r.curves));
+    }
+    out.seconds = t0.elapsed().as_secs_f64();
+    Ok(out)
+}

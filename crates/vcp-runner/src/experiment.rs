@@ -1,0 +1,274 @@
+//! Ablation experiments: a base experiment file plus named variants (dotted-path overrides), an
+//! optional grid and a seed list. Every run's configuration is resolved to a full, strict
+//! `ExperimentConfig`; the hash of its TOML names the run folder, so a finished run is found
+//! again and skipped.
+//!
+//! ```toml
+//! name = "ablate_components"
+//! base = "vcp_clip_tiny.toml"          # relative to this file
+//! seeds = [0, 1]
+//! baseline = "utp"                     # deltas are against this variant (default: the first)
+//! set = { "train.epochs" = 3 }         # applied to every variant
+//! [[variant]]
+//! name = "utp"
+//! set = { "deep_prompt" = { kind = "none" }, "fusion.raw_weight" = 1.0 }
+//! [grid]                               # optional cartesian product on top of the variants
+//! "train.lr" = [1e-3, 3e-3]
+//! [[reference]]                        # numbers reported elsewhere, shown beside the table
+//! name = "paper"
+//! auroc_px = 0.920
+//! ```
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use toml::Value;
+use vcp_model::config::ExperimentConfig;
+
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub experiment: String,
+    pub variant: String,
+    pub seed: u64,
+    pub config: ExperimentConfig,
+    pub toml: String,
+    pub hash: String,
+}
+
+impl RunSpec {
+    pub fn dir(&self, results: &Path) -> PathBuf {
+        results.join(&self.experiment).join("runs").join(format!(
+            "{}-{}",
+            slug(&self.variant),
+            &self.hash[..8]
+        ))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Ablation {
+    pub name: String,
+    pub baseline: Option<String>,
+    pub variants: Vec<String>,
+    pub reference: Vec<toml::Table>,
+    pub runs: Vec<RunSpec>,
+}
+
+pub fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Set `path` (dotted) in a TOML table; a table value replaces the whole subtree.
+pub fn set_path(root: &mut Value, path: &str, v: Value) -> Result<()> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut cur = root;
+    for p in &parts[..parts.len() - 1] {
+        let t = cur
+            .as_table_mut()
+            .with_context(|| format!("`{path}`: `{p}` is not a table"))?;
+        cur = t
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Table(Default::default()));
+    }
+    cur.as_table_mut()
+        .with_context(|| format!("`{path}`: parent is not a table"))?
+        .insert(parts[parts.len() - 1].to_string(), v);
+    Ok(())
+}
+
+/// `key=value` from the command line; the value is TOML (`3`, `1e-3`, `"x"`, `[1, 2]`,
+/// `{ kind = "none" }`) or else a bare string.
+pub fn parse_set(s: &str) -> Result<(String, Value)> {
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("--set `{s}`: expected key=value"))?;
+    let v = v.trim();
+    let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(v.to_string()));
+    Ok((k.trim().to_string(), value))
+}
+
+fn sets_of(v: Option<&Value>, what: &str, file: &Path) -> Result<Vec<(String, Value)>> {
+    match v {
+        None => Ok(vec![]),
+        Some(Value::Table(t)) => Ok(t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Some(_) => bail!(
+            "{}: `{what}` must be a table of dotted keys",
+            file.display()
+        ),
+    }
+}
+
+/// Read an ablation file (or a plain experiment file = one variant) and expand all runs.
+pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) -> Result<Ablation> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let top: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message()))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let name = top
+        .get("name")
+        .and_then(|v| v.as_str())
+        .map(String::from)
+        .unwrap_or_else(|| {
+            file.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "experiment".into())
+        });
+    let is_ablation = top.contains_key("base") || top.contains_key("variant");
+    let allowed = [
+        "name",
+        "base",
+        "seeds",
+        "baseline",
+        "set",
+        "variant",
+        "grid",
+        "reference",
+    ];
+    if is_ablation {
+        if let Some(k) = top.keys().find(|k| !allowed.contains(&k.as_str())) {
+            bail!(
+                "{}: unknown key `{k}` (an ablation file has {})",
+                file.display(),
+                allowed.join(", ")
+            );
+        }
+    }
+    let base: Value = if is_ablation {
+        let b = top
+            .get("base")
+            .and_then(|v| v.as_str())
+            .with_context(|| format!("{}: `base` (a file name) is required", file.display()))?;
+        let bp = dir.join(b);
+        let bt = std::fs::read_to_string(&bp).with_context(|| format!("{}", bp.display()))?;
+        Value::Table(
+            toml::from_str(&bt)
+                .map_err(|e| anyhow::anyhow!("{}: {}", bp.display(), e.message()))?,
+        )
+    } else {
+        Value::Table(top.clone())
+    };
+    let global = sets_of(top.get("set"), "set", file)?;
+    let mut variants: Vec<(String, Vec<(String, Value)>)> = Vec::new();
+    match top.get("variant") {
+        Some(Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                let t = v
+                    .as_table()
+                    .with_context(|| format!("{}: variant {i} is not a table", file.display()))?;
+                if let Some(k) = t.keys().find(|k| *k != "name" && *k != "set") {
+                    bail!(
+                        "{}: variant {i}: unknown key `{k}` (expected name, set)",
+                        file.display()
+                    );
+                }
+                let n = t
+                    .get("name")
+                    .and_then(|v| v.as_str())
+                    .with_context(|| format!("{}: variant {i} has no name", file.display()))?;
+                variants.push((n.to_string(), sets_of(t.get("set"), "set", file)?));
+            }
+        }
+        None => variants.push((name.clone(), vec![])),
+        Some(_) => bail!(
+            "{}: `variant` must be an array of tables ([[variant]])",
+            file.display()
+        ),
+    }
+    // Grid: cartesian product of (key, values).
+    let mut grid: Vec<Vec<(String, Value)>> = vec![vec![]];
+    if let Some(g) = top.get("grid") {
+        let g = g
+            .as_table()
+            .with_context(|| format!("{}: `grid` must be a table", file.display()))?;
+        for (k, vals) in g {
+            let vals = vals
+                .as_array()
+                .with_context(|| format!("{}: grid `{k}` must be a list", file.display()))?;
+            grid = grid
+                .into_iter()
+                .flat_map(|combo| {
+                    vals.iter().map(move |v| {
+                        let mut c = combo.clone();
+                        c.push((k.clone(), v.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+    }
+    let seeds: Vec<u64> = match seeds {
+        Some(s) => s.to_vec(),
+        None => match top.get("seeds") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_integer().map(|i| i as u64))
+                .collect::<Option<_>>()
+                .with_context(|| format!("{}: seeds must be integers", file.display()))?,
+            _ => vec![base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64],
+        },
+    };
+    let reference: Vec<toml::Table> = match top.get("reference") {
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_table().cloned()).collect(),
+        _ => vec![],
+    };
+    let mut runs = Vec::new();
+    let mut names = Vec::new();
+    for (vname, vsets) in &variants {
+        for combo in &grid {
+            let label = if combo.is_empty() {
+                vname.clone()
+            } else {
+                format!(
+                    "{vname}[{}]",
+                    combo
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            };
+            names.push(label.clone());
+            for &seed in &seeds {
+                let mut v = base.clone();
+                for (k, val) in global.iter().chain(vsets).chain(combo).chain(cli_sets) {
+                    set_path(&mut v, k, val.clone()).with_context(|| format!("variant {label}"))?;
+                }
+                set_path(&mut v, "seed", Value::Integer(seed as i64))?;
+                let t = toml::to_string(&v)?;
+                let config = ExperimentConfig::from_toml(&t, file)
+                    .map_err(|e| anyhow::anyhow!("variant {label}: {e}"))?;
+                let resolved = config.to_toml();
+                let hash = format!("{:x}", Sha256::digest(resolved.as_bytes()));
+                runs.push(RunSpec {
+                    experiment: name.clone(),
+                    variant: label.clone(),
+                    seed,
+                    config,
+                    toml: resolved,
+                    hash,
+                });
+            }
+        }
+    }
+    Ok(Ablation {
+        name,
+        baseline: top
+            .get("baseline")
+            .and_then(|v| v.as_str())
+            .map(String::from),
+        variants: names,
+        reference,
+        runs,
+    })
+}

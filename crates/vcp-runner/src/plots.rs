@@ -1,0 +1,569 @@
+//! Plots for the report (plotters, PNG and SVG; text in the embedded DejaVu Sans, so no system
+//! fonts are needed): metric bars with seed std, deltas against the baseline variant, a
+//! per-category heat table, mean ROC / PR / PRO curves per variant, and a qualitative grid.
+
+use crate::report::{Summary, METRICS};
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Jet colour map of v in [0, 1].
+pub fn jet(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let f = |x: f32| ((1.5 - (4.0 * v - x).abs()).clamp(0.0, 1.0) * 255.0) as u8;
+    [f(3.0), f(2.0), f(1.0)]
+}
+
+fn pe<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plot: {e:?}")
+}
+
+fn tmp_for(path: &Path) -> PathBuf {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
+    path.with_extension(format!("{}.tmp.{ext}", std::process::id()))
+}
+
+/// Grouped bars: groups = metrics, bars = variants; whiskers = seed std.
+fn bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    s: &Summary,
+    metrics: &[usize],
+    title: &str,
+    deltas: Option<usize>,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(pe)?;
+    let nv = s.len().max(1);
+    let val = |v: usize, m: usize| -> Option<(f64, f64)> {
+        let x = s[v].1[m]?;
+        match deltas {
+            Some(b) => s[b].1[m].map(|y| ((x.0 - y.0) * 100.0, x.1 * 100.0)),
+            None => Some((x.0 * 100.0, x.1 * 100.0)),
+        }
+    };
+    let (lo, hi) = match deltas {
+        None => (0.0, 105.0),
+        Some(_) => {
+            let mut m = 1.0f64;
+            for v in 0..s.len() {
+                for &j in metrics {
+                    if let Some((d, sd)) = val(v, j) {
+                        m = m.max(d.abs() + sd);
+                    }
+                }
+            }
+            (-m * 1.15, m * 1.15)
+        }
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..metrics.len() as f64, lo..hi)
+        .map_err(pe)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(if deltas.is_some() {
+            "difference to baseline (x100)"
+        } else {
+            "value (x100)"
+        })
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(pe)?;
+    let w = 0.8 / nv as f64;
+    for v in 0..s.len() {
+        let c = COLORS[v % COLORS.len()];
+        let rects: Vec<_> = metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(g, &j)| val(v, j).map(|(y, _)| (g, y)))
+            .map(|(g, y)| {
+                let x0 = g as f64 + 0.1 + v as f64 * w;
+                Rectangle::new([(x0, 0.0f64.max(lo)), (x0 + w * 0.9, y)], c.filled())
+            })
+            .collect();
+        chart
+            .draw_series(rects)
+            .map_err(pe)?
+            .label(s[v].0.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        let whiskers: Vec<_> = metrics
+            .iter()
+            .enumerate()
+            .filter_map(|(g, &j)| val(v, j).map(|(y, sd)| (g, y, sd)))
+            .filter(|(_, _, sd)| *sd > 0.0)
+            .map(|(g, y, sd)| {
+                let xc = g as f64 + 0.1 + v as f64 * w + w * 0.45;
+                PathElement::new(vec![(xc, y - sd), (xc, y + sd)], BLACK.stroke_width(2))
+            })
+            .collect();
+        chart.draw_series(whiskers).map_err(pe)?;
+    }
+    if deltas.is_some() {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(0.0, 0.0), (metrics.len() as f64, 0.0)],
+                BLACK,
+            )))
+            .map_err(pe)?;
+    }
+    for (g, &j) in metrics.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(g as f64 + 0.5, lo));
+        root.draw(&Text::new(
+            METRICS[j].to_string(),
+            (px, py + 8),
+            ("sans-serif", 15)
+                .into_font()
+                .into_text_style(root)
+                .pos(Pos::new(HPos::Center, VPos::Top)),
+        ))
+        .map_err(pe)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(pe)?;
+    Ok(())
+}
+
+fn save_bars(
+    path: &Path,
+    s: &Summary,
+    metrics: &[usize],
+    title: &str,
+    deltas: Option<usize>,
+) -> Result<()> {
+    let size = (1000u32, 520u32);
+    let tmp = tmp_for(path);
+    if path.extension().and_then(|e| e.to_str()) == Some("svg") {
+        let root = SVGBackend::new(&tmp, size).into_drawing_area();
+        bars(&root, s, metrics, title, deltas)?;
+        root.present().map_err(pe)?;
+    } else {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        bars(&root, s, metrics, title, deltas)?;
+        root.present().map_err(pe)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Variants x categories, coloured and labelled with one metric (first seed of each variant).
+fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Result<()> {
+    let mut cats: Vec<String> = Vec::new();
+    let rows: Vec<(String, &Value)> = order
+        .iter()
+        .filter_map(|v| {
+            records
+                .iter()
+                .find(|r| r["variant"].as_str() == Some(v.as_str()))
+                .map(|r| (v.clone(), r))
+        })
+        .collect();
+    for (_, r) in &rows {
+        if let Some(c) = r["metrics"]["categories"].as_object() {
+            for k in c.keys() {
+                if !cats.contains(k) {
+                    cats.push(k.clone());
+                }
+            }
+        }
+    }
+    let (cw, ch, lw, th) = (90i32, 34i32, 230i32, 70i32);
+    let size = (
+        (lw + cw * cats.len() as i32 + 20) as u32,
+        (th + ch * rows.len() as i32 + 20) as u32,
+    );
+    let tmp = tmp_for(path);
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(pe)?;
+        let font = |s: u32| ("sans-serif", s).into_font();
+        root.draw(&Text::new(
+            format!("{metric} per category (x100)"),
+            (10, 10),
+            font(20),
+        ))
+        .map_err(pe)?;
+        for (j, c) in cats.iter().enumerate() {
+            let st = font(14)
+                .into_text_style(&root)
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            root.draw(&Text::new(
+                c.clone(),
+                (lw + cw * j as i32 + cw / 2, th - 6),
+                st,
+            ))
+            .map_err(pe)?;
+        }
+        for (i, (name, r)) in rows.iter().enumerate() {
+            let y = th + ch * i as i32;
+            let st = font(14)
+                .into_text_style(&root)
+                .pos(Pos::new(HPos::Right, VPos::Center));
+            root.draw(&Text::new(name.clone(), (lw - 8, y + ch / 2), st))
+                .map_err(pe)?;
+            for (j, c) in cats.iter().enumerate() {
+                let x = lw + cw * j as i32;
+                let v = r["metrics"]["categories"][c][metric].as_f64();
+                let col = v
+                    .map(|v| jet(v as f32))
+                    .map(|c| RGBColor(c[0], c[1], c[2]).mix(0.55))
+                    .unwrap_or(WHITE.mix(1.0));
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cw - 2, y + ch - 2)],
+                    col.filled(),
+                ))
+                .map_err(pe)?;
+                let st = font(14)
+                    .into_text_style(&root)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
+                let txt = v
+                    .map(|v| format!("{:.1}", v * 100.0))
+                    .unwrap_or_else(|| "n/a".into());
+                root.draw(&Text::new(txt, (x + cw / 2, y + ch / 2), st))
+                    .map_err(pe)?;
+            }
+        }
+        root.present().map_err(pe)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Mean over categories of a curve, on a grid of x in [0, 1].
+fn mean_curve(curves: &Value, key: &str) -> Option<Vec<(f64, f64)>> {
+    let grid: Vec<f64> = (0..=100).map(|i| i as f64 / 100.0).collect();
+    let mut acc = vec![0f64; grid.len()];
+    let mut n = 0;
+    for (_, c) in curves.as_object()? {
+        let pts: Vec<(f64, f64)> = c[key]
+            .as_array()?
+            .iter()
+            .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+            .collect();
+        if pts.len() < 2 {
+            continue;
+        }
+        for (g, a) in grid.iter().zip(acc.iter_mut()) {
+            let k = pts.partition_point(|p| p.0 < *g).min(pts.len() - 1);
+            let y = if k == 0 {
+                pts[0].1
+            } else {
+                let (a0, b0) = (pts[k - 1], pts[k]);
+                if b0.0 > a0.0 {
+                    a0.1 + (b0.1 - a0.1) * (g - a0.0) / (b0.0 - a0.0)
+                } else {
+                    b0.1
+                }
+            };
+            *a += y;
+        }
+        n += 1;
+    }
+    (n > 0).then(|| {
+        grid.iter()
+            .zip(&acc)
+            .map(|(&x, &a)| (x, a / n as f64))
+            .collect()
+    })
+}
+
+fn curves_plot(
+    path: &Path,
+    exp_dir: &Path,
+    records: &[Value],
+    order: &[String],
+    key: &str,
+    title: &str,
+    xl: &str,
+    yl: &str,
+) -> Result<bool> {
+    let mut series = Vec::new();
+    for v in order {
+        let Some(r) = records
+            .iter()
+            .find(|r| r["variant"].as_str() == Some(v.as_str()))
+        else {
+            continue;
+        };
+        let dir = exp_dir.join("runs").join(format!(
+            "{}-{}",
+            crate::experiment::slug(v),
+            &r["hash"].as_str().unwrap_or("")[..8.min(r["hash"].as_str().unwrap_or("").len())]
+        ));
+        let Ok(text) = std::fs::read_to_string(dir.join("curves.json")) else {
+            continue;
+        };
+        let cv: Value = serde_json::from_str(&text)?;
+        if let Some(c) = mean_curve(&cv, key) {
+            series.push((v.clone(), c));
+        }
+    }
+    if series.is_empty() {
+        return Ok(false);
+    }
+    let tmp = tmp_for(path);
+    {
+        let root = BitMapBackend::new(&tmp, (640, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(pe)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.02f64)
+            .map_err(pe)?;
+        chart
+            .configure_mesh()
+            .x_desc(xl)
+            .y_desc(yl)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(pe)?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let c = COLORS[i % COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(pts.iter().cloned(), c.stroke_width(2)))
+                .map_err(pe)?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(if key == "pr_px" {
+                SeriesLabelPosition::UpperRight
+            } else {
+                SeriesLabelPosition::LowerRight
+            })
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(pe)?;
+        root.present().map_err(pe)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
+}
+
+/// Rows: the same test images; columns: input, then each variant's heat-map overlay.
+fn qualitative(path: &Path, exp_dir: &Path, records: &[Value], order: &[String]) -> Result<bool> {
+    let firsts: Vec<(&String, &Value)> = order
+        .iter()
+        .filter_map(|v| {
+            records
+                .iter()
+                .find(|r| r["variant"].as_str() == Some(v.as_str()))
+                .map(|r| (v, r))
+        })
+        .collect();
+    let Some((_, r0)) = firsts.first() else {
+        return Ok(false);
+    };
+    let items: Vec<String> = r0["qualitative"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|q| q["img_path"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let items: Vec<String> = items.into_iter().take(6).collect();
+    if items.is_empty() {
+        return Ok(false);
+    }
+    let run_dir = |v: &str, r: &Value| {
+        let h = r["hash"].as_str().unwrap_or("");
+        exp_dir.join("runs").join(format!(
+            "{}-{}",
+            crate::experiment::slug(v),
+            &h[..8.min(h.len())]
+        ))
+    };
+    let tile = 128u32;
+    let (head, left) = (40u32, 0u32);
+    let (w, h) = (
+        left + tile * (1 + firsts.len() as u32),
+        head + tile * items.len() as u32,
+    );
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    let mut blit = |img: &image::RgbImage, x0: u32, y0: u32, half: u32| {
+        let sz = img.height();
+        let crop = image::imageops::crop_imm(img, half * sz, 0, sz, sz).to_image();
+        let small =
+            image::imageops::resize(&crop, tile, tile, image::imageops::FilterType::Triangle);
+        for (x, y, p) in small.enumerate_pixels() {
+            let i = (((y0 + y) * w + x0 + x) * 3) as usize;
+            buf[i..i + 3].copy_from_slice(&p.0);
+        }
+    };
+    for (row, item) in items.iter().enumerate() {
+        let y0 = head + row as u32 * tile;
+        for (col, (v, r)) in firsts.iter().enumerate() {
+            let file = r["qualitative"]
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|q| q["img_path"].as_str() == Some(item.as_str()))
+                })
+                .and_then(|q| q["file"].as_str());
+            if let Some(f) = file {
+                if let Ok(img) = image::open(run_dir(v, r).join(f)) {
+                    let img = img.to_rgb8();
+                    if col == 0 {
+                        blit(&img, left, y0, 0);
+                    }
+                    blit(&img, left + tile * (1 + col as u32), y0, 1);
+                }
+            }
+        }
+    }
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let st = |s: u32| {
+            ("sans-serif", s)
+                .into_font()
+                .into_text_style(&root)
+                .pos(Pos::new(HPos::Center, VPos::Center))
+        };
+        root.draw(&Text::new(
+            "input (mask outline in green)".to_string(),
+            ((left + tile / 2) as i32, (head / 2) as i32),
+            st(11),
+        ))
+        .map_err(pe)?;
+        for (col, (v, _)) in firsts.iter().enumerate() {
+            root.draw(&Text::new(
+                v.to_string(),
+                (
+                    (left + tile * (1 + col as u32) + tile / 2) as i32,
+                    (head / 2) as i32,
+                ),
+                st(13),
+            ))
+            .map_err(pe)?;
+        }
+        root.present().map_err(pe)?;
+    }
+    let img =
+        image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("qualitative grid buffer"))?;
+    let tmp = tmp_for(path);
+    img.save(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
+}
+
+/// Every plot of the report; returns the files written.
+pub fn all(
+    exp_dir: &Path,
+    records: &[Value],
+    s: &Summary,
+    baseline: Option<&str>,
+) -> Result<Vec<PathBuf>> {
+    register_font();
+    let dir = exp_dir.join("plots");
+    std::fs::create_dir_all(&dir)?;
+    let order: Vec<String> = s.iter().map(|x| x.0.clone()).collect();
+    let mut out = Vec::new();
+    let px = [0usize, 1, 2, 3, 4, 5];
+    let sp = [6usize, 7, 8];
+    for ext in ["png", "svg"] {
+        let p = dir.join(format!("pixel_metrics.{ext}"));
+        save_bars(
+            &p,
+            s,
+            &px,
+            "Pixel-level metrics (mean over categories; whiskers: std over seeds)",
+            None,
+        )?;
+        out.push(p);
+        let p = dir.join(format!("image_metrics.{ext}"));
+        save_bars(
+            &p,
+            s,
+            &sp,
+            "Image-level metrics (mean over categories; whiskers: std over seeds)",
+            None,
+        )?;
+        out.push(p);
+    }
+    let b = baseline
+        .and_then(|b| order.iter().position(|v| v == b))
+        .unwrap_or(0);
+    if s.len() > 1 {
+        let p = dir.join("deltas.png");
+        let all: Vec<usize> = (0..METRICS.len()).collect();
+        save_bars(
+            &p,
+            s,
+            &all,
+            &format!("Difference to the baseline `{}`", order[b]),
+            Some(b),
+        )?;
+        out.push(p);
+    }
+    let p = dir.join("per_category_ap_px.png");
+    heat(&p, records, &order, "ap_px")?;
+    out.push(p);
+    for (key, name, xl, yl) in [
+        ("roc_px", "roc", "false positive rate", "true positive rate"),
+        ("pr_px", "pr", "recall", "precision"),
+        ("pro_px", "pro", "false positive rate", "per-region overlap"),
+    ] {
+        let p = dir.join(format!("curves_{name}.png"));
+        if curves_plot(
+            &p,
+            exp_dir,
+            records,
+            &order,
+            key,
+            &format!("Pixel {} curve (mean over categories)", name.to_uppercase()),
+            xl,
+            yl,
+        )? {
+            out.push(p);
+        }
+    }
+    let p = dir.join("qualitative.png");
+    if qualitative(&p, exp_dir, records, &order)? {
+        out.push(p);
+    }
+    Ok(out)
+}

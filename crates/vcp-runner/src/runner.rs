@@ -1,0 +1,292 @@
+//! Running an ablation: each run trains (if it has something to train) and evaluates, then writes
+//! `record.json` last and atomically. A run whose record exists is skipped; an interrupted run
+//! left no record and is redone. Frozen-backbone features are shared across runs (cache.rs).
+
+use crate::cache::FeatureCache;
+use crate::experiment::{Ablation, RunSpec};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use indicatif::{MultiProgress, ProgressBar};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use vcp_model::VcpModel;
+
+/// Git commit and dirty flag of the working tree, if this is a git checkout.
+pub fn git_state() -> (Option<String>, Option<bool>) {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    let commit =
+        run(&["rev-parse", "HEAD"]).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).map(|o| !o.stdout.is_empty());
+    (commit, dirty)
+}
+
+/// UTC time as RFC 3339 from the Unix clock (civil-from-days, no date crate needed).
+pub fn utc_now() -> (f64, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    (
+        now.as_secs_f64(),
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        ),
+    )
+}
+
+pub struct RunOptions {
+    pub results: PathBuf,
+    pub device: Device,
+    pub cache: bool,
+    pub cache_bytes: usize,
+    /// Images per category kept for the qualitative grid.
+    pub keep_images: usize,
+}
+
+fn backbone_weights(
+    cfg: &vcp_model::config::BackboneConfig,
+    device: &Device,
+) -> Result<vcp_clip::ClipWeights> {
+    if cfg.weights.is_empty() {
+        let c = vcp_clip::ClipConfig::preset(&cfg.preset)?;
+        Ok(vcp_clip::ClipWeights::random(&c, cfg.seed, device)?)
+    } else {
+        Ok(vcp_clip::ClipWeights::load(&cfg.weights, device)?)
+    }
+}
+
+/// Run every run of the ablation that has no record yet. Returns (done before, run now).
+pub fn run_all(ab: &Ablation, o: &RunOptions) -> Result<(usize, usize)> {
+    let cache = FeatureCache::new(if o.cache { o.cache_bytes } else { 0 });
+    let mp = MultiProgress::new();
+    let overall = mp.add(crate::bar(ab.runs.len() as u64, "runs"));
+    overall.set_prefix(ab.name.clone());
+    let (mut skipped, mut ran) = (0, 0);
+    for spec in &ab.runs {
+        let dir = spec.dir(&o.results);
+        if dir.join("record.json").exists() {
+            skipped += 1;
+            overall.inc(1);
+            continue;
+        }
+        overall.set_message(format!("{} (seed {})", spec.variant, spec.seed));
+        run_one(
+            spec,
+            &dir,
+            o,
+            if o.cache { Some(&cache) } else { None },
+            &mp,
+        )
+        .with_context(|| format!("run {} seed {}", spec.variant, spec.seed))?;
+        ran += 1;
+        overall.inc(1);
+    }
+    overall.finish_and_clear();
+    let (hits, misses, bytes) = cache.stats();
+    if o.cache && hits + misses > 0 {
+        eprintln!(
+            "feature cache: {hits} hits, {misses} misses, {:.1} MiB",
+            bytes as f64 / 1048576.0
+        );
+    }
+    Ok((skipped, ran))
+}
+
+fn write_overlay(path: &Path, rgb: &[u8], map: &[f32], mask: &[bool], size: usize) -> Result<()> {
+    // image | heat overlay with ground-truth outline
+    let (lo, hi) = map
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let mut img = image::RgbImage::new(2 * size as u32, size as u32);
+    for y in 0..size {
+        for x in 0..size {
+            let i = y * size + x;
+            let px = [rgb[i * 3], rgb[i * 3 + 1], rgb[i * 3 + 2]];
+            img.put_pixel(x as u32, y as u32, image::Rgb(px));
+            let n = if hi > lo {
+                (map[i] - lo) / (hi - lo)
+            } else {
+                0.0
+            };
+            let c = crate::plots::jet(n);
+            let edge = mask[i]
+                && [(0i64, 1i64), (1, 0), (0, -1), (-1, 0)]
+                    .iter()
+                    .any(|(dy, dx)| {
+                        let (yy, xx) = (y as i64 + dy, x as i64 + dx);
+                        yy < 0
+                            || xx < 0
+                            || yy >= size as i64
+                            || xx >= size as i64
+                            || !mask[yy as usize * size + xx as usize]
+                    });
+            let o = if edge {
+                [0, 255, 0]
+            } else {
+                [0, 1, 2].map(|k| ((px[k] as u16 + c[k] as u16) / 2) as u8)
+            };
+            img.put_pixel((size + x) as u32, y as u32, image::Rgb(o));
+        }
+    }
+    let tmp = path.with_extension("tmp.png");
+    img.save(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn run_one(
+    spec: &RunSpec,
+    dir: &Path,
+    o: &RunOptions,
+    cache: Option<&FeatureCache>,
+    mp: &MultiProgress,
+) -> Result<()> {
+    let (t_start, start_iso) = utc_now();
+    std::fs::create_dir_all(dir)?;
+    vcp_data::io::write_atomic(&dir.join("config.resolved.toml"), spec.toml.as_bytes())?;
+    let exp = &spec.config;
+    let w = backbone_weights(&exp.backbone, &o.device)?;
+    let model = VcpModel::new(&exp.model(), &w, exp.seed, &o.device)
+        .map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or("")))?;
+    let mut log = format!("run {} seed {} ({})\n", spec.variant, spec.seed, spec.hash);
+    let mut train_report = crate::train::TrainReport::default();
+    if let Some(tc) = &exp.train {
+        if model.parameter_count() > 0 && tc.epochs > 0 {
+            let (meta, _, root) = crate::data::resolve(&tc.data, tc.root.as_deref(), &exp.synth)?;
+            let opts = crate::train::TrainOptions {
+                out: dir,
+                resume: false,
+                keep_last_only: true,
+                cache,
+                val: None,
+                seed: exp.seed,
+                quiet: true,
+            };
+            let pb = mp.add(ProgressBar::new_spinner());
+            pb.set_message(format!("training {} (seed {})", spec.variant, spec.seed));
+            pb.enable_steady_tick(std::time::Duration::from_millis(200));
+            train_report = crate::train::train(&model, tc, &meta, &root, &opts, &o.device)?;
+            pb.finish_and_clear();
+            for e in &train_report.epochs {
+                log.push_str(&format!(
+                    "epoch {} loss {:.5} ({:.1} s)\n",
+                    e.epoch, e.loss, e.seconds
+                ));
+            }
+        }
+    }
+    let ec = exp
+        .eval
+        .clone()
+        .context("the experiment has no [eval] table")?;
+    let (meta, _, root) = crate::data::resolve(&ec.data, ec.root.as_deref(), &exp.synth)?;
+    let pb = mp.add(crate::bar(meta.test.len() as u64, "eval images"));
+    let eo = crate::eval::EvalOptions {
+        batch_size: ec.batch_size,
+        save_maps: None,
+        keep_images: o.keep_images,
+        cache,
+    };
+    let ev = crate::eval::evaluate(&model, &meta, &root, &eo, &o.device, &pb)?;
+    pb.finish_and_clear();
+    let size = exp.backbone.image_size;
+    std::fs::create_dir_all(dir.join("qual"))?;
+    let mut qual = Vec::new();
+    for (p, rgb, map, mask) in &ev.kept {
+        let name = format!("{}.png", crate::experiment::slug(p));
+        write_overlay(&dir.join("qual").join(&name), rgb, map, mask, size)?;
+        qual.push(json!({"img_path": p, "file": format!("qual/{name}")}));
+    }
+    let (mean, mean_notes) = vcp_metrics::mean_over_categories(&ev.rows);
+    let mut csv = String::from("category");
+    for c in vcp_metrics::COLUMNS {
+        csv.push(',');
+        csv.push_str(c);
+    }
+    csv.push('\n');
+    for (cls, m) in &ev.rows {
+        csv.push_str(cls);
+        for c in vcp_metrics::COLUMNS {
+            csv.push(',');
+            if let Some(v) = m.get(c) {
+                csv.push_str(&format!("{:.4}", v * 100.0));
+            }
+        }
+        csv.push('\n');
+    }
+    vcp_data::io::write_atomic(&dir.join("per_category.csv"), csv.as_bytes())?;
+    let curves: serde_json::Map<String, serde_json::Value> = ev
+        .curves
+        .iter()
+        .map(|(c, cv)| (c.clone(), serde_json::to_value(cv).unwrap()))
+        .collect();
+    vcp_data::io::write_atomic(
+        &dir.join("curves.json"),
+        serde_json::to_string(&curves)?.as_bytes(),
+    )?;
+    let (t_end, end_iso) = utc_now();
+    let (commit, dirty) = git_state();
+    let categories: serde_json::Map<String, serde_json::Value> = ev
+        .rows
+        .iter()
+        .map(|(c, m)| (c.clone(), serde_json::to_value(m).unwrap()))
+        .collect();
+    let record = json!({
+        "experiment": spec.experiment,
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "hash": spec.hash,
+        "dataset": {"train": exp.train.as_ref().map(|t| t.data.clone()), "eval": ec.data},
+        "git": {"commit": commit, "dirty": dirty},
+        "device": format!("{:?}", o.device),
+        "dtype": "f32",
+        "start": start_iso,
+        "end": end_iso,
+        "wall_seconds": {
+            "total": t_end - t_start,
+            "train": train_report.seconds,
+            "eval": ev.seconds,
+            "backbone": train_report.backbone_seconds + ev.backbone_seconds,
+        },
+        "peak_rss_mib": crate::train::peak_rss_mib(),
+        "trainable_parameters": model.parameter_count(),
+        "checkpoint_sha256": train_report.sha256,
+        "train_loss": train_report.epochs.iter().map(|e| e.loss).collect::<Vec<_>>(),
+        "metrics": {"mean": mean, "categories": categories},
+        "notes": ev.notes.iter().chain(mean_notes.iter()).collect::<Vec<_>>(),
+        "qualitative": qual,
+    });
+    log.push_str(&format!(
+        "eval: mean auroc_px {:?} ap_px {:?}\n",
+        mean.auroc_px, mean.ap_px
+    ));
+    vcp_data::io::write_atomic(&dir.join("log.txt"), log.as_bytes())?;
+    // Last: the record marks the run as done.
+    vcp_data::io::write_atomic(
+        &dir.join("record.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! Training (reference train.py): focal + dice on every map, Adam with two parameter groups,
+//! per-epoch checkpoints of the trainables (+ config, sha256), optional validation, NaN/inf stop.
+
+use crate::cache::FeatureCache;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor, Var};
+use candle_nn::Optimizer;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+use vcp_data::{Meta, Record};
+use vcp_model::checkpoint;
+use vcp_model::config::{PromptConfig, TrainConfig};
+use vcp_model::VcpModel;
+
+/// Peak resident memory of this process (Linux), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn last_epoch(out: &Path) -> Option<usize> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.strip_prefix("epoch_")?
+                .strip_suffix(".safetensors")?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+}
+
+/// Per-sample training transform: reference augmentation and/or the 2x2 mosaic.
+pub fn augmentation(
+    tc: &TrainConfig,
+    records: &[Record],
+    root: &Path,
+    size: usize,
+    seed: u64,
+) -> Option<vcp_data::dataset::Transform> {
+    if !tc.augment && tc.mosaic_rate <= 0.0 {
+        return None;
+    }
+    let mut anomalous: std::collections::HashMap<String, Vec<Record>> = Default::default();
+    for r in records.iter().filter(|r| r.anomaly == 1) {
+        anomalous
+            .entry(r.cls_name.clone())
+            .or_default()
+            .push(r.clone());
+    }
+    let (augment, rate, root) = (tc.augment, tc.mosaic_rate, root.to_path_buf());
+    Some(std::sync::Arc::new(
+        move |s: &mut vcp_data::dataset::Sample, i: u64| {
+            let mut rng = vcp_data::synth::Rng::new(seed ^ i.wrapping_mul(0x9E37_79B9));
+            if rate > 0.0 && (rng.f() as f64) < rate {
+                if let Some(pool) = anomalous.get(&s.class).filter(|p| !p.is_empty()) {
+                    let half = size / 2 + size % 2;
+                    let parts: Option<Vec<_>> = (0..4)
+                        .map(|_| {
+                            vcp_data::dataset::load_sample(&root, &pool[rng.int(pool.len())], half)
+                                .ok()
+                        })
+                        .collect();
+                    if let Some(parts) = parts {
+                        *s = vcp_data::augment::mosaic(&parts, half, size);
+                    }
+                }
+            }
+            if augment {
+                vcp_data::augment::augment(
+                    s,
+                    size,
+                    rng.next_u64(),
+                    &vcp_data::augment::AugmentConfig::default(),
+                );
+            }
+        },
+    ))
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub loss: f64,
+    pub val_ap_px: Option<f64>,
+    pub seconds: f64,
+    pub checkpoint: String,
+    pub sha256: String,
+    pub peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TrainReport {
+    pub epochs: Vec<EpochLog>,
+    pub checkpoint: Option<PathBuf>,
+    pub sha256: Option<String>,
+    pub seconds: f64,
+    pub backbone_seconds: f64,
+}
+
+pub struct TrainOptions<'a> {
+    pub out: &'a Path,
+    pub resume: bool,
+    /// Keep only the last epoch's checkpoint (ablation runs).
+    pub keep_last_only: bool,
+    pub cache: Option<&'a FeatureCache>,
+    pub val: Option<(&'a Meta, &'a Path)>,
+    pub seed: u64,
+    pub quiet: bool,
+}
+
+pub fn train(
+    model: &VcpModel,
+    tc: &TrainConfig,
+    meta: &Meta,
+    root: &Path,
+    o: &TrainOptions,
+    device: &Device,
+) -> Result<TrainReport> {
+    let t_all = std::time::Instant::now();
+    std::fs::create_dir_all(o.out)?;
+    let mut start = 1;
+    if o.resume {
+        if let Some(e) = last_epoch(o.out) {
+            checkpoint::load_into(model, &o.out.join(format!("epoch_{e}.safetensors")))?;
+            start = e + 1;
+            if !o.quiet {
+                eprintln!("resuming after epoch {e} (Adam moments restart from zero)");
+            }
+        }
+    }
+    let (main, temps) = model.trainable_groups();
+    let all_vars: Vec<(String, Var)> = main.iter().chain(temps.iter()).cloned().collect();
+    let p = |lr: f64| candle_nn::ParamsAdamW {
+        lr,
+        beta1: tc.betas[0],
+        beta2: tc.betas[1],
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut opt_main =
+        candle_nn::AdamW::new(main.iter().map(|(_, v)| v.clone()).collect(), p(tc.lr))?;
+    let mut opt_temp = candle_nn::AdamW::new(
+        temps.iter().map(|(_, v)| v.clone()).collect(),
+        p(tc.lr_temperature),
+    )?;
+    let per_class_text = matches!(
+        model.cfg.prompt,
+        PromptConfig::Handcrafted {
+            class_name: true,
+            ..
+        }
+    );
+    let mut records: Vec<Record> = meta.test.0.iter().flat_map(|(_, r)| r.clone()).collect();
+    let size = model.cfg.backbone.image_size;
+    let mut report = TrainReport::default();
+    let mut log = if o.resume {
+        std::fs::read_to_string(o.out.join("train_log.jsonl")).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    for epoch in start..=tc.epochs {
+        let t0 = std::time::Instant::now();
+        vcp_data::dataset::shuffle(&mut records, o.seed.wrapping_mul(1000) + epoch as u64);
+        let pb = if o.quiet {
+            ProgressBar::hidden()
+        } else {
+            crate::bar(records.len() as u64, "images")
+        };
+        pb.set_prefix(format!("epoch {epoch}/{}", tc.epochs));
+        let transform = augmentation(
+            tc,
+            &records,
+            root,
+            size,
+            o.seed.wrapping_mul(7919) + epoch as u64,
+        );
+        let cacheable = transform.is_none();
+        let (mut sum, mut steps) = (0f64, 0usize);
+        for (step, b) in vcp_data::dataset::batches(
+            root.to_path_buf(),
+            records.clone(),
+            size,
+            tc.batch_size,
+            2,
+            transform,
+        )
+        .into_iter()
+        .enumerate()
+        {
+            let b = b?;
+            let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
+            let tb = std::time::Instant::now();
+            let feats = match (o.cache, cacheable) {
+                (Some(c), true) => {
+                    let keys: Vec<Option<String>> = b
+                        .paths
+                        .iter()
+                        .map(|p| Some(format!("{}:{p}", root.display())))
+                        .collect();
+                    c.features(model, &px, &keys, device)?
+                }
+                _ => model.encode_images(&px)?,
+            };
+            report.backbone_seconds += tb.elapsed().as_secs_f64();
+            let gt = Tensor::from_slice(&b.masks, (b.len(), size, size), device)?;
+            // Groups of images per backward pass: per category when the text depends on the
+            // category name, at most `loss_chunk` images each. Loss = sum_g (n_g / B) L_g exactly,
+            // so the summed gradients equal the full-batch gradient.
+            let n = b.len();
+            let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+            if per_class_text {
+                for (i, c) in b.classes.iter().enumerate() {
+                    match groups.iter_mut().find(|(g, _)| g == c) {
+                        Some((_, v)) => v.push(i),
+                        None => groups.push((c.clone(), vec![i])),
+                    }
+                }
+            } else {
+                groups.push((b.classes[0].clone(), (0..n).collect()));
+            }
+            let chunk = tc.loss_chunk.unwrap_or(n).max(1);
+            let mut grads: Option<candle_core::backprop::GradStore> = None;
+            let mut v = 0f32;
+            for (cls, idx) in &groups {
+                for part in idx.chunks(chunk) {
+                    let ids = Tensor::from_vec(
+                        part.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                        part.len(),
+                        device,
+                    )?;
+                    let lg = model.logits(&feats.select(part)?, cls, true, false)?;
+                    let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
+                    let l = (l * (part.len() as f64 / n as f64))?;
+                    let lv = l.to_scalar::<f32>()?;
+                    if !lv.is_finite() {
+                        bail!("training diverged: loss is {lv} at epoch {epoch}, step {step}; no checkpoint was written for this epoch");
+                    }
+                    v += lv;
+                    let g = l.backward()?;
+                    grads = Some(match grads {
+                        None => g,
+                        Some(mut acc) => {
+                            for (_, var) in &all_vars {
+                                if let Some(gv) = g.get(var.as_tensor()) {
+                                    let s = match acc.get(var.as_tensor()) {
+                                        Some(a) => (a + gv)?,
+                                        None => gv.clone(),
+                                    };
+                                    acc.insert(var.as_tensor(), s);
+                                }
+                            }
+                            acc
+                        }
+                    });
+                }
+            }
+            let grads = grads.expect("a non-empty batch");
+            opt_main.step(&grads)?;
+            opt_temp.step(&grads)?;
+            sum += v as f64;
+            steps += 1;
+            pb.inc(n as u64);
+            let rate = pb.position() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+            pb.set_message(format!("loss {v:.4} ({rate:.1} img/s)"));
+        }
+        pb.finish_and_clear();
+        let mean_loss = sum / steps.max(1) as f64;
+        let ck = o.out.join(format!("epoch_{epoch}.safetensors"));
+        let sha = checkpoint::save(
+            model,
+            &ck,
+            &[
+                ("epoch", epoch.to_string()),
+                ("loss", format!("{mean_loss}")),
+            ],
+        )?;
+        if o.keep_last_only && epoch > 1 {
+            let prev = o.out.join(format!("epoch_{}.safetensors", epoch - 1));
+            let _ = std::fs::remove_file(&prev);
+            let _ = std::fs::remove_file(prev.with_extension("safetensors.sha256"));
+        }
+        let mut val_ap = None;
+        if let Some((vm, vroot)) = o.val {
+            let vpb = if o.quiet {
+                ProgressBar::hidden()
+            } else {
+                crate::bar(vm.test.len() as u64, "val images")
+            };
+            let eo = crate::eval::EvalOptions {
+                batch_size: tc.batch_size,
+                save_maps: None,
+                keep_images: 0,
+                cache: o.cache,
+            };
+            let r = crate::eval::evaluate(model, vm, vroot, &eo, device, &vpb)?;
+            vpb.finish_and_clear();
+            let aps: Vec<f64> = r.rows.iter().filter_map(|(_, m)| m.ap_px).collect();
+            val_ap = (!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64);
+        }
+        let e = EpochLog {
+            epoch,
+            loss: mean_loss,
+            val_ap_px: val_ap,
+            seconds: t0.elapsed().as_secs_f64(),
+            checkpoint: ck.file_name().unwrap().to_string_lossy().to_string(),
+            sha256: sha.clone(),
+            peak_rss_mib: peak_rss_mib(),
+        };
+        if !o.quiet {
+            eprintln!(
+                "epoch {epoch}: loss {mean_loss:.4}{} ({:.1} s) -> {}",
+                val_ap
+                    .map(|a| format!(", val pixel AP {:.2}", a * 100.0))
+                    .unwrap_or_default(),
+                e.seconds,
+                ck.display()
+            );
+        }
+        log.push_str(&serde_json::to_string(&e)?);
+        log.push('\n');
+        vcp_data::io::write_atomic(&o.out.join("train_log.jsonl"), log.as_bytes())?;
+        report.checkpoint = Some(ck);
+        report.sha256 = Some(sha);
+        report.epochs.push(e);
+    }
+    report.seconds = t_all.elapsed().as_secs_f64();
+    Ok(report)
+}

@@ -3,9 +3,17 @@
 
 default: test
 
-# The main job on the embedded default (for now the end-to-end demo; the ablation runner replaces it).
+# The main job: the default ablation (or an experiment file given as argument).
 ablate *ARGS:
-    cargo run --release -p vcp-cli -- demo {{ARGS}}
+    cargo run --release -p vcp-cli -- ablate {{ARGS}}
+
+# Tables and plots again from an experiment's records.
+report EXPERIMENT:
+    cargo run --release -p vcp-cli -- report {{EXPERIMENT}}
+
+# A small end-to-end smoke run of backbone + metrics.
+demo:
+    cargo run --release -p vcp-cli -- demo
 
 # The whole test suite (what CI runs, after fmt and clippy).
 test:

@@ -74,7 +74,7 @@ pub fn run(a: Args) -> Result<()> {
         device: crate::common::device(a.device.as_deref())?,
         cache: !a.no_cache,
         cache_bytes: a.cache_mib << 20,
-        keep_images: 2,
+        keep_images: 1,
     };
     let (skipped, ran) = vcp_runner::runner::run_all(&ab, &opts)?;
     let exp_dir = a.results.join(&ab.name);

@@ -77,6 +77,25 @@ fn training_reduces_loss_then_eval_and_resume() {
         .collect();
     assert_eq!(losses.len(), 3);
     assert!(losses[2] < losses[0], "loss did not decrease: {losses:?}");
+    // Reproducible: dropout masks and augmentation draws come from the seed.
+    let again = dir.path().join("again");
+    ok(vcp()
+        .args(["train", "--epochs", "1", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&again)
+        .env("VCP_CACHE", dir.path().join("cache")));
+    let first: f64 = serde_json::from_str::<serde_json::Value>(
+        std::fs::read_to_string(again.join("train_log.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap()["loss"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(first, losses[0], "same seed, same loss");
     for e in 1..=3 {
         assert!(out.join(format!("epoch_{e}.safetensors")).exists());
         let sha =

@@ -49,7 +49,8 @@ pub fn sweep(items: &[Scored], region_weight: &[f64], n_regions: usize) -> Sweep
     }
     let (pf, nf) = (p as f64, n as f64);
     let with_pro = !region_weight.is_empty() && n_regions > 0;
-    let plot_every = (items.len() / 2000).max(1);
+    // Curves are kept for plots only: ~256 points each are plenty.
+    let plot_every = (items.len() / 256).max(1);
 
     let (mut tp, mut fp) = (0u64, 0u64);
     let mut pro_sum = 0f64;

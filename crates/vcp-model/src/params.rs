@@ -101,6 +101,11 @@ impl Params {
         }
     }
 
+    /// A seed for a component's own random stream (e.g. dropout), derived from the model seed.
+    pub fn derive_seed(&mut self) -> u64 {
+        self.next_u64()
+    }
+
     pub fn dtype(&self) -> DType {
         DType::F32
     }

@@ -13,13 +13,23 @@ use vcp_model::VcpModel;
 /// Per-category metrics in category order.
 pub type Rows = Vec<(String, CategoryMetrics)>;
 
+/// An evaluated image kept for the qualitative grid.
+pub struct KeptImage {
+    pub img_path: String,
+    /// `[S, S, 3]`
+    pub rgb: Vec<u8>,
+    /// Final map `[S, S]`.
+    pub map: Vec<f32>,
+    pub mask: Vec<bool>,
+}
+
 #[derive(Default)]
 pub struct EvalOutput {
     pub rows: Rows,
     pub curves: Vec<(String, Curves)>,
     pub notes: Vec<String>,
-    /// The first `keep_images` images of each category: (img_path, rgb, final map, mask).
-    pub kept: Vec<(String, Vec<u8>, Vec<f32>, Vec<bool>)>,
+    /// The first `keep_images` images of each category (anomalous first).
+    pub kept: Vec<KeptImage>,
     pub backbone_seconds: f64,
     pub seconds: f64,
 }
@@ -103,12 +113,12 @@ pub fn evaluate(
         let mut order: Vec<usize> = (0..paths.len()).filter(|&i| labels[i]).collect();
         order.extend((0..paths.len()).filter(|&i| !labels[i]));
         for &i in order.iter().take(o.keep_images) {
-            out.kept.push((
-                paths[i].clone(),
-                rgbs[i].clone(),
-                fin.maps[i].clone(),
-                masks[i].clone(),
-            ));
+            out.kept.push(KeptImage {
+                img_path: paths[i].clone(),
+                rgb: rgbs[i].clone(),
+                map: fin.maps[i].clone(),
+                mask: masks[i].clone(),
+            });
         }
         let refs: Vec<MapRef> = fin
             .maps

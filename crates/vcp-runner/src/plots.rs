@@ -203,6 +203,19 @@ fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Resul
             }
         }
     }
+    // Colours span the table's own range (small values such as pixel AP stay distinguishable).
+    let vals: Vec<f64> = rows
+        .iter()
+        .flat_map(|(_, r)| {
+            cats.iter()
+                .filter_map(|c| r["metrics"]["categories"][c][metric].as_f64())
+        })
+        .collect();
+    let (vlo, vhi) = vals
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
     let (cw, ch, lw, th) = (90i32, 34i32, 230i32, 70i32);
     let size = (
         (lw + cw * cats.len() as i32 + 20) as u32,
@@ -240,8 +253,15 @@ fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Resul
             for (j, c) in cats.iter().enumerate() {
                 let x = lw + cw * j as i32;
                 let v = r["metrics"]["categories"][c][metric].as_f64();
+                let t = |v: f64| {
+                    if vhi > vlo {
+                        ((v - vlo) / (vhi - vlo)) as f32
+                    } else {
+                        0.5
+                    }
+                };
                 let col = v
-                    .map(|v| jet(v as f32))
+                    .map(|v| jet(t(v)))
                     .map(|c| RGBColor(c[0], c[1], c[2]).mix(0.55))
                     .unwrap_or(WHITE.mix(1.0));
                 root.draw(&Rectangle::new(
@@ -303,16 +323,22 @@ fn mean_curve(curves: &Value, key: &str) -> Option<Vec<(f64, f64)>> {
     })
 }
 
+/// Which curve of `curves.json` and its labels.
+struct CurveSpec<'a> {
+    key: &'a str,
+    title: &'a str,
+    xl: &'a str,
+    yl: &'a str,
+}
+
 fn curves_plot(
     path: &Path,
     exp_dir: &Path,
     records: &[Value],
     order: &[String],
-    key: &str,
-    title: &str,
-    xl: &str,
-    yl: &str,
+    spec: &CurveSpec,
 ) -> Result<bool> {
+    let CurveSpec { key, title, xl, yl } = *spec;
     let mut series = Vec::new();
     for v in order {
         let Some(r) = records
@@ -418,6 +444,7 @@ fn qualitative(path: &Path, exp_dir: &Path, records: &[Value], order: &[String])
         ))
     };
     let tile = 128u32;
+    // The overlay columns outline the ground truth in green.
     let (head, left) = (40u32, 0u32);
     let (w, h) = (
         left + tile * (1 + firsts.len() as u32),
@@ -464,7 +491,7 @@ fn qualitative(path: &Path, exp_dir: &Path, records: &[Value], order: &[String])
                 .pos(Pos::new(HPos::Center, VPos::Center))
         };
         root.draw(&Text::new(
-            "input (mask outline in green)".to_string(),
+            "input".to_string(),
             ((left + tile / 2) as i32, (head / 2) as i32),
             st(11),
         ))
@@ -548,15 +575,18 @@ pub fn all(
         ("pro_px", "pro", "false positive rate", "per-region overlap"),
     ] {
         let p = dir.join(format!("curves_{name}.png"));
+        let title = format!("Pixel {} curve (mean over categories)", name.to_uppercase());
         if curves_plot(
             &p,
             exp_dir,
             records,
             &order,
-            key,
-            &format!("Pixel {} curve (mean over categories)", name.to_uppercase()),
-            xl,
-            yl,
+            &CurveSpec {
+                key,
+                title: &title,
+                xl,
+                yl,
+            },
         )? {
             out.push(p);
         }

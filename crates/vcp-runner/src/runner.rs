@@ -150,6 +150,12 @@ fn write_overlay(path: &Path, rgb: &[u8], map: &[f32], mask: &[bool], size: usiz
             img.put_pixel((size + x) as u32, y as u32, image::Rgb(o));
         }
     }
+    // Small enough to commit with the records: tiles of at most 128 px.
+    let img = if size > 128 {
+        image::imageops::resize(&img, 256, 128, image::imageops::FilterType::Triangle)
+    } else {
+        img
+    };
     let tmp = path.with_extension("tmp.png");
     img.save(&tmp)?;
     std::fs::rename(&tmp, path)?;
@@ -214,8 +220,12 @@ pub fn run_one(
     let size = exp.backbone.image_size;
     std::fs::create_dir_all(dir.join("qual"))?;
     let mut qual = Vec::new();
-    for (p, rgb, map, mask) in &ev.kept {
-        let name = format!("{}.png", crate::experiment::slug(p));
+    for k in &ev.kept {
+        let (p, rgb, map, mask) = (&k.img_path, &k.rgb, &k.map, &k.mask);
+        let name = format!(
+            "{}.png",
+            crate::experiment::slug(p.trim_end_matches(|c: char| c != '.').trim_end_matches('.'))
+        );
         write_overlay(&dir.join("qual").join(&name), rgb, map, mask, size)?;
         qual.push(json!({"img_path": p, "file": format!("qual/{name}")}));
     }

@@ -14,7 +14,6 @@
 pub mod block;
 pub mod config;
 pub mod error;
-pub mod io;
 pub mod model;
 pub mod preprocess;
 pub mod text;

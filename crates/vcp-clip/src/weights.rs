@@ -150,7 +150,7 @@ impl ClipWeights {
     /// unit LayerNorms. Used by the `tiny` preset, tests and benchmarks.
     pub fn random(config: &ClipConfig, seed: u64, device: &Device) -> Result<Self> {
         config.validate()?;
-        let mut rng = SplitMix64(seed);
+        let mut rng = vcp_data::rng::SplitMix64(seed);
         let mut tensors = HashMap::new();
         for (name, shape) in expected_shapes(config) {
             let n: usize = shape.iter().product();
@@ -171,7 +171,7 @@ impl ClipWeights {
                 } else {
                     fan_in.powf(-0.5)
                 };
-                (0..n).map(|_| rng.normal() * std).collect()
+                (0..n).map(|_| rng.normal_f32() * std).collect()
             };
             tensors.insert(name, Tensor::from_vec(data, shape, device)?);
         }
@@ -217,12 +217,13 @@ impl ClipWeights {
             }
         });
         let cfg_path = dir.join("config.json");
-        crate::io::write_atomic(
+        vcp_data::io::write_atomic(
             &cfg_path,
             serde_json::to_string_pretty(&json).unwrap().as_bytes(),
-        )?;
+        )
+        .map_err(|e| ClipError::file(&cfg_path, e))?;
         let st_path = dir.join("model.safetensors");
-        let tmp = crate::io::tmp_path(&st_path);
+        let tmp = vcp_data::io::tmp_path(&st_path);
         candle_core::safetensors::save(&self.tensors, &tmp)
             .map_err(|e| ClipError::file(&tmp, e))?;
         std::fs::rename(&tmp, &st_path).map_err(|e| ClipError::file(&st_path, e))?;
@@ -423,27 +424,4 @@ pub fn read_tensor_file(path: &Path, device: &Device) -> Result<HashMap<String, 
 /// candle errors may carry a backtrace (RUST_BACKTRACE is set here); keep the first line.
 pub(crate) fn first_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().lines().next().unwrap_or("").to_string()
-}
-
-/// Small deterministic RNG (SplitMix64 + Box-Muller) so random weights are identical on every
-/// platform and do not depend on candle's RNG.
-pub(crate) struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32) / (1u64 << 24) as f32
-    }
-    pub fn normal(&mut self) -> f32 {
-        let u1 = self.uniform().max(1e-7);
-        let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-    }
 }

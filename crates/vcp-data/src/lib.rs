@@ -16,6 +16,7 @@ pub mod mask;
 pub mod meta;
 pub mod npy;
 pub mod resample;
+pub mod rng;
 pub mod synth;
 
 pub use error::{DataError, Result};

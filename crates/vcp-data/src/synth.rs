@@ -37,23 +37,19 @@ pub fn domain_of(category: &str) -> Option<&'static str> {
         .map(|(d, _)| *d)
 }
 
-/// SplitMix64: tiny, portable, deterministic.
+/// The data side's generator (SplitMix64 seeded with a data-specific constant).
 #[derive(Clone)]
-pub struct Rng(u64);
+pub struct Rng(crate::rng::SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0xA076_1D64_78BD_642F)
+        Rng(crate::rng::SplitMix64(seed ^ 0xA076_1D64_78BD_642F))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     pub fn f(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        self.0.f32()
     }
     pub fn range(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * self.f()
@@ -67,7 +63,7 @@ fn hash(parts: &[u64]) -> u64 {
     let mut r = Rng::new(0x1234_5678);
     let mut h = 0u64;
     for &p in parts {
-        r.0 ^= p.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h;
+        r.0 .0 ^= p.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h;
         h = r.next_u64();
     }
     h

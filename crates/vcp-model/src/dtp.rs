@@ -21,7 +21,7 @@ pub struct Dtp {
     dropout: f64,
     /// Dropout masks come from the model's seed (candle's CPU RNG cannot be seeded), so a
     /// training run is reproducible.
-    rng: std::sync::Mutex<u64>,
+    rng: std::sync::Mutex<vcp_data::rng::SplitMix64>,
 }
 
 impl Dtp {
@@ -43,21 +43,17 @@ impl Dtp {
             norm_w: p.constant("dtp.norm.weight", width, 1.0)?,
             norm_b: p.constant("dtp.norm.bias", width, 0.0)?,
             dropout,
-            rng: std::sync::Mutex::new(p.derive_seed()),
+            rng: std::sync::Mutex::new(vcp_data::rng::SplitMix64(p.derive_seed())),
         })
     }
 
     /// Inverted dropout with a mask from our seeded generator.
     fn dropout(&self, y: &Tensor) -> Result<Tensor> {
         let keep = 1.0 - self.dropout;
-        let mut st = self.rng.lock().unwrap();
+        let mut rng = self.rng.lock().unwrap();
         let mask: Vec<f32> = (0..y.elem_count())
             .map(|_| {
-                *st = st.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = *st;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64;
+                let u = rng.f64();
                 if u < keep {
                     (1.0 / keep) as f32
                 } else {

@@ -8,7 +8,7 @@ use candle_nn::VarMap;
 pub struct Params {
     pub varmap: VarMap,
     device: Device,
-    state: u64,
+    rng: vcp_data::rng::SplitMix64,
     /// Creation order (the checkpoint and optimiser groups use it).
     pub names: Vec<String>,
 }
@@ -18,25 +18,19 @@ impl Params {
         Self {
             varmap: VarMap::new(),
             device: device.clone(),
-            state: seed ^ 0x5DEE_CE66_D1CE_4E5B,
+            rng: vcp_data::rng::SplitMix64(seed ^ 0x5DEE_CE66_D1CE_4E5B),
             names: vec![],
         }
     }
 
     fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
     fn uniform01(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.rng.f64()
     }
     fn gauss(&mut self) -> f64 {
-        let u1 = self.uniform01().max(1e-12);
-        let u2 = self.uniform01();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        self.rng.normal_f64()
     }
 
     fn add(&mut self, name: &str, data: Vec<f32>, shape: Shape) -> Result<Tensor> {

@@ -138,3 +138,25 @@ impl FeatureCache {
         )
     }
 }
+
+/// Frozen features of a batch: from the cache when one is given (keyed by dataset root and image
+/// path, i.e. un-augmented images), else computed directly.
+pub fn batch_features(
+    cache: Option<&FeatureCache>,
+    model: &VcpModel,
+    pixels: &Tensor,
+    root: &std::path::Path,
+    paths: &[String],
+    device: &Device,
+) -> Result<Features> {
+    match cache {
+        Some(c) => {
+            let keys: Vec<Option<String>> = paths
+                .iter()
+                .map(|p| Some(format!("{}:{p}", root.display())))
+                .collect();
+            c.features(model, pixels, &keys, device)
+        }
+        None => model.encode_images(pixels),
+    }
+}

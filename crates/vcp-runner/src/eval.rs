@@ -70,17 +70,7 @@ pub fn evaluate(
             let b = b?;
             let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
             let tb = std::time::Instant::now();
-            let feats = match o.cache {
-                Some(c) => {
-                    let keys: Vec<Option<String>> = b
-                        .paths
-                        .iter()
-                        .map(|p| Some(format!("{}:{p}", root.display())))
-                        .collect();
-                    c.features(model, &px, &keys, device)?
-                }
-                None => model.encode_images(&px)?,
-            };
+            let feats = crate::cache::batch_features(o.cache, model, &px, root, &b.paths, device)?;
             out.backbone_seconds += tb.elapsed().as_secs_f64();
             let lg = model.logits(&feats, cls, false, false)?;
             images.extend(model.image_maps(&lg, size)?);

@@ -10,17 +10,8 @@ use polars::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-pub const METRICS: [&str; 9] = [
-    "auroc_px",
-    "aupro_px",
-    "aupro30_px",
-    "ap_px",
-    "f1_px",
-    "iou_px",
-    "auroc_sp",
-    "ap_sp",
-    "f1_sp",
-];
+/// The metric columns, in the order of `vcp eval-maps`.
+pub const METRICS: [&str; 9] = vcp_metrics::COLUMNS;
 
 /// All records of an experiment folder, sorted by (variant order in file, seed).
 pub fn load_records(exp_dir: &Path) -> Result<Vec<Value>> {

@@ -195,17 +195,14 @@ pub fn train(
             let b = b?;
             let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
             let tb = std::time::Instant::now();
-            let feats = match (o.cache, cacheable) {
-                (Some(c), true) => {
-                    let keys: Vec<Option<String>> = b
-                        .paths
-                        .iter()
-                        .map(|p| Some(format!("{}:{p}", root.display())))
-                        .collect();
-                    c.features(model, &px, &keys, device)?
-                }
-                _ => model.encode_images(&px)?,
-            };
+            let feats = crate::cache::batch_features(
+                o.cache.filter(|_| cacheable),
+                model,
+                &px,
+                root,
+                &b.paths,
+                device,
+            )?;
             report.backbone_seconds += tb.elapsed().as_secs_f64();
             let gt = Tensor::from_slice(&b.masks, (b.len(), size, size), device)?;
             // Groups of images per backward pass: per category when the text depends on the

@@ -66,7 +66,9 @@ pub fn run(a: Args) -> Result<()> {
         val: val.as_ref().map(|(m, _, r)| (m, r.as_path())),
         seed: exp.seed,
         quiet: false,
+        progress: None,
     };
+    vcp_runner::interrupt::install();
     vcp_runner::train::train(&model, &tc, &meta, &root, &opts, &dev)?;
     eprintln!(
         "peak memory {:.0} MiB",

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod data;
 pub mod eval;
 pub mod experiment;
+pub mod interrupt;
 pub mod plots;
 pub mod report;
 pub mod runner;

@@ -6,7 +6,7 @@ use crate::cache::FeatureCache;
 use crate::experiment::{Ablation, RunSpec};
 use anyhow::{Context, Result};
 use candle_core::Device;
-use indicatif::{MultiProgress, ProgressBar};
+use indicatif::MultiProgress;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use vcp_model::VcpModel;
@@ -82,7 +82,14 @@ pub fn run_all(ab: &Ablation, o: &RunOptions) -> Result<(usize, usize)> {
     let overall = mp.add(crate::bar(ab.runs.len() as u64, "runs"));
     overall.set_prefix(ab.name.clone());
     let (mut skipped, mut ran) = (0, 0);
+    crate::interrupt::install();
     for spec in &ab.runs {
+        if crate::interrupt::requested() {
+            anyhow::bail!(
+                "interrupted (Ctrl-C): {} runs finished now, {skipped} before; rerun to continue",
+                ran
+            );
+        }
         let dir = spec.dir(&o.results);
         if dir.join("record.json").exists() {
             skipped += 1;
@@ -189,12 +196,9 @@ pub fn run_one(
                 val: None,
                 seed: exp.seed,
                 quiet: true,
+                progress: Some(mp),
             };
-            let pb = mp.add(ProgressBar::new_spinner());
-            pb.set_message(format!("training {} (seed {})", spec.variant, spec.seed));
-            pb.enable_steady_tick(std::time::Duration::from_millis(200));
             train_report = crate::train::train(&model, tc, &meta, &root, &opts, &o.device)?;
-            pb.finish_and_clear();
             for e in &train_report.epochs {
                 log.push_str(&format!(
                     "epoch {} loss {:.5} ({:.1} s)\n",

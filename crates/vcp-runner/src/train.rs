@@ -111,6 +111,8 @@ pub struct TrainOptions<'a> {
     pub val: Option<(&'a Meta, &'a Path)>,
     pub seed: u64,
     pub quiet: bool,
+    /// Show the epoch bars under this multi-progress (ablation runs) instead of on their own.
+    pub progress: Option<&'a indicatif::MultiProgress>,
 }
 
 pub fn train(
@@ -193,6 +195,9 @@ pub fn train(
         .enumerate()
         {
             let b = b?;
+            if crate::interrupt::requested() {
+                bail!("interrupted (Ctrl-C) at epoch {epoch}, step {step}; rerun to continue");
+            }
             let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
             let tb = std::time::Instant::now();
             let feats = crate::cache::batch_features(

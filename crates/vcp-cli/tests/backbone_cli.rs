@@ -1,6 +1,6 @@
 //! `vcp tokenize`, `vcp features`, `vcp text-embed`, `vcp weights fetch`: outputs and one-line errors.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -89,18 +89,7 @@ fn features_match_the_library_and_official_fixture() {
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     let fwd = candle_core::safetensors::load(official().join("forward.safetensors"), &Device::Cpu)
         .unwrap();
-    let diff = |a: &Tensor, b: &Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
+    let diff = vcp_clip::testing::max_abs_diff;
     assert_eq!(got["global"].dims(), &[128]);
     assert_eq!(got["layer_3"].dims(), &[101, 192]);
     assert!(

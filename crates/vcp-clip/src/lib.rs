@@ -16,6 +16,8 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod preprocess;
+#[doc(hidden)]
+pub mod testing;
 pub mod text;
 pub mod tokenizer;
 pub mod torchscript;

@@ -65,30 +65,28 @@ pub fn gaussian_filter(x: &[f32], h: usize, w: usize, sigma: f64) -> Vec<f32> {
         let m = i.rem_euclid(p);
         (if m >= n { p - 1 - m } else { m }) as usize
     };
-    // Along rows' axis first (axis 0), then columns (axis 1), as scipy iterates axes in order.
-    let mut tmp = vec![0f32; h * w];
-    for y in 0..h {
-        for xx in 0..w {
-            let mut acc = 0f64;
-            for (j, kv) in k.iter().enumerate() {
-                let yy = reflect(y as i64 + j as i64 - radius, h as i64);
-                acc += kv * x[yy * w + xx] as f64;
+    // One 1-D correlation along an axis; rows' axis first (axis 0), then columns (axis 1), as
+    // scipy iterates axes in order, rounding to f32 in between.
+    let pass = |src: &[f32], along_rows: bool| -> Vec<f32> {
+        let mut out = vec![0f32; h * w];
+        for y in 0..h {
+            for xx in 0..w {
+                let mut acc = 0f64;
+                for (j, kv) in k.iter().enumerate() {
+                    let o = j as i64 - radius;
+                    let i = if along_rows {
+                        reflect(y as i64 + o, h as i64) * w + xx
+                    } else {
+                        y * w + reflect(xx as i64 + o, w as i64)
+                    };
+                    acc += kv * src[i] as f64;
+                }
+                out[y * w + xx] = acc as f32;
             }
-            tmp[y * w + xx] = acc as f32;
         }
-    }
-    let mut out = vec![0f32; h * w];
-    for y in 0..h {
-        for xx in 0..w {
-            let mut acc = 0f64;
-            for (j, kv) in k.iter().enumerate() {
-                let xs = reflect(xx as i64 + j as i64 - radius, w as i64);
-                acc += kv * tmp[y * w + xs] as f64;
-            }
-            out[y * w + xx] = acc as f32;
-        }
-    }
-    out
+        out
+    };
+    pass(&pass(x, true), false)
 }
 
 /// Mean of the `k` largest values (all values when there are fewer).

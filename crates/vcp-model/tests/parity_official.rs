@@ -19,18 +19,7 @@ fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(official().join(name), &Device::Cpu).unwrap()
 }
 
-fn maxabs(t: &Tensor) -> f32 {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use vcp_clip::testing::max_abs as maxabs;
 
 /// max |a - b| / max(1, max |b|)
 fn rel(a: &Tensor, b: &Tensor) -> f32 {

@@ -47,3 +47,11 @@ pyenv:
 fixtures:
     .venv-ref/bin/python tools/fixtures/make_hf_fixtures.py
     .venv-ref/bin/python tools/metrics_reference.py --make-cases crates/vcp-metrics/tests/fixtures/cases
+
+# A CUDA build of `vcp` on this CPU-only machine (nvcc 13.0 from PyPI wheels; see tools/build_cuda.sh).
+build-cuda:
+    bash tools/build_cuda.sh
+
+# The GPU benchmark (on a GPU machine, with the binary from build-cuda): writes results/bench/gpu.md.
+bench-gpu:
+    bash tools/bench_gpu.sh

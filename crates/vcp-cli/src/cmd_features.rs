@@ -28,6 +28,13 @@ pub struct FeaturesArgs {
     /// Output .safetensors.
     #[arg(long)]
     out: PathBuf,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype of the towers: f32, bf16 or f16 (LayerNorm and softmax stay f32; the
+    /// written features are f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    dtype: String,
     /// Also time N more forwards of the same input and print the mean (benchmarks).
     #[arg(long, default_value_t = 0, hide = true)]
     bench_iters: usize,
@@ -54,7 +61,7 @@ fn activation(s: &Option<String>) -> Result<Option<Activation>> {
 }
 
 pub fn run_features(a: FeaturesArgs) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = crate::common::device(Some(&a.device))?;
     let w = load_clip(&a.clip, &dev)?;
     let depth = w.config.vision.layers;
     let layers = match &a.layers {
@@ -66,6 +73,8 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
         image_size: Some(size),
         activation: activation(&a.activation)?,
         extra_tokens: 1,
+        dtype: crate::common::dtype(&a.dtype)?,
+        ..Default::default()
     };
     let clip = Clip::new(&w, &opts)?;
     let pixels = vcp_clip::preprocess::preprocess_file(&a.image, size, &dev)?.unsqueeze(0)?;
@@ -73,7 +82,9 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
     if a.bench_iters > 0 {
         let t0 = std::time::Instant::now();
         for _ in 0..a.bench_iters {
-            clip.vision.forward(&pixels, &layers)?;
+            let o = clip.vision.forward(&pixels, &layers)?;
+            // Wait for the device (GPU kernels run asynchronously).
+            o.global.to_device(&Device::Cpu)?;
         }
         let ms = t0.elapsed().as_secs_f64() * 1000.0 / a.bench_iters as f64;
         println!(

@@ -60,3 +60,13 @@ pub fn device(name: Option<&str>) -> Result<Device> {
         other => bail!("--device `{other}`: expected cpu, cuda, cuda:N or auto"),
     }
 }
+
+/// `--dtype` / `backbone.dtype` names → candle dtype.
+pub fn dtype(name: &str) -> Result<candle_core::DType> {
+    match name {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        "f16" => Ok(candle_core::DType::F16),
+        other => bail!("--dtype `{other}`: expected f32, bf16 or f16"),
+    }
+}

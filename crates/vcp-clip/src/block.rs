@@ -7,11 +7,15 @@
 //! backward**, so a gradient through them is silently `None`) and the generic differentiable
 //! ones. The frozen image tower uses the fused path; the text tower, through which prompt
 //! gradients must flow, uses the differentiable one.
+//!
+//! Mixed precision: the Linear weights may be bf16/f16 (see [`crate::ClipWeights::cast_compute`]);
+//! LayerNorm (weights kept in f32) and the attention softmax then run in f32 on up-cast inputs,
+//! and their results are cast back, so only matmuls and element-wise ops see the low precision.
 
 use crate::config::Activation;
 use crate::error::Result;
 use crate::weights::ClipWeights;
-use candle_core::{Module, Tensor, D};
+use candle_core::{DType, Module, Tensor, D};
 
 /// Which kernels to use: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +44,14 @@ impl LayerNorm {
         ))
     }
 
-    /// Normalise over the last dimension.
+    /// Normalise over the last dimension; the result has the input's dtype.
     pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        Ok(self.forward_f32(x, k)?.to_dtype(x.dtype())?)
+    }
+
+    /// Normalise in f32 (inputs of another dtype are up-cast) and return f32.
+    pub fn forward_f32(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        let x = x.to_dtype(self.weight.dtype())?;
         Ok(match k {
             Kernels::Fused => candle_nn::ops::layer_norm(
                 &x.contiguous()?,
@@ -50,17 +60,29 @@ impl LayerNorm {
                 self.eps as f32,
             )?,
             Kernels::Differentiable => {
-                candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?
+                candle_nn::ops::layer_norm_slow(&x, &self.weight, &self.bias, self.eps as f32)?
             }
         })
     }
 }
 
+/// Softmax over the last dimension, computed in f32 whatever the input dtype; returns f32.
 pub fn softmax_last(x: &Tensor, k: Kernels) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
     Ok(match k {
-        Kernels::Fused => candle_nn::ops::softmax_last_dim(x)?,
-        Kernels::Differentiable => candle_nn::ops::softmax(x, D::Minus1)?,
+        Kernels::Fused => candle_nn::ops::softmax_last_dim(&x)?,
+        Kernels::Differentiable => candle_nn::ops::softmax(&x, D::Minus1)?,
     })
+}
+
+/// Which projections form the attention scores. CLIP uses query-key; dense-prediction variants
+/// of the last blocks use value-value (CLIP Surgery, AnomalyCLIP's DPAM) or query-query
+/// (ClearCLIP): tokens then attend to tokens with similar content, which keeps local detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scores {
+    QueryKey,
+    ValueValue,
+    QueryQuery,
 }
 
 /// `y = x W^T + b` for `x` of any rank (flattened to 2-D for a single gemm call).
@@ -167,18 +189,36 @@ impl Attention {
     /// # Shapes
     /// `x`: [B, N, W]; `mask`: additive [N, N] (e.g. causal) or none → [B, N, W].
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
+        self.forward_scores(x, mask, k, Scores::QueryKey)
+    }
+
+    /// Attention with the scores formed from the chosen projections (scaled by `hd^-0.5`).
+    /// The mask (f32) is added to the f32 scores.
+    pub fn forward_scores(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        k: Kernels,
+        scores_of: Scores,
+    ) -> Result<Tensor> {
         let (b, n, w) = x.dims3()?;
         let hd = w / self.heads;
         let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, hd))?; // [B, N, 3, H, hd]
         let qkv = qkv.permute((2, 0, 3, 1, 4))?; // [3, B, H, N, hd]
-        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
+        let q = qkv.get(0)?.contiguous()?;
         let key = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
-        let mut scores = q.matmul(&key.t()?)?; // [B, H, N, N]
+        let (a, bb) = match scores_of {
+            Scores::QueryKey => (&q, &key),
+            Scores::ValueValue => (&v, &v),
+            Scores::QueryQuery => (&q, &q),
+        };
+        let a = (a * (hd as f64).powf(-0.5))?;
+        let mut scores = a.matmul(&bb.t()?)?.to_dtype(DType::F32)?; // [B, H, N, N]
         if let Some(m) = mask {
             scores = scores.broadcast_add(m)?;
         }
-        let attn = softmax_last(&scores, k)?;
+        let attn = softmax_last(&scores, k)?.to_dtype(v.dtype())?;
         let o = attn.matmul(&v)?; // [B, H, N, hd]
         let o = o.transpose(1, 2)?.reshape((b, n, w))?; // [B, N, W]
         self.out.forward(&o)
@@ -227,7 +267,36 @@ impl Block {
     /// # Shapes
     /// `x`: [B, N, W] → [B, N, W].
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x, k)?, mask, k)?)?;
+        self.forward_scores(x, mask, k, Scores::QueryKey)
+    }
+
+    /// The block with another attention-score rule (AnomalyCLIP-style replacement).
+    pub fn forward_scores(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        k: Kernels,
+        scores_of: Scores,
+    ) -> Result<Tensor> {
+        let x = (x + self.attention_only(x, mask, k, scores_of)?)?;
+        self.mlp_residual(&x, k)
+    }
+
+    /// `attn(ln_1(x))` alone: no residual, no MLP (CLIP Surgery's parallel path, ClearCLIP).
+    pub fn attention_only(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        k: Kernels,
+        scores_of: Scores,
+    ) -> Result<Tensor> {
+        self.attn
+            .forward_scores(&self.ln_1.forward(x, k)?, mask, k, scores_of)
+    }
+
+    /// `x + mlp(ln_2(x))`.
+    pub fn mlp_residual(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        let x = x.clone();
         let h = self.fc1.forward(&self.ln_2.forward(&x, k)?)?;
         let h = match self.act {
             Act::Clip(a) => activate(&h, a)?,

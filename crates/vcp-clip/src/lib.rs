@@ -32,5 +32,5 @@ pub use text::{InsertedTokens, NoHook, PromptHook, TextTower};
 pub use tokenizer::Tokenizer;
 /// Pillow/PyTorch-exact resampling (lives in `vcp-data`, which has no tensor dependency).
 pub use vcp_data::resample;
-pub use vision::{resize_pos_embed, VisionOutput, VisionTower};
+pub use vision::{resize_pos_embed, DensePath, VisionOutput, VisionTower};
 pub use weights::ClipWeights;

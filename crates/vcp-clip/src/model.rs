@@ -3,7 +3,8 @@
 use crate::config::{Activation, ClipConfig};
 use crate::error::Result;
 use crate::text::TextTower;
-use crate::vision::VisionTower;
+use crate::vision::{DensePath, VisionTower};
+use candle_core::DType;
 use crate::weights::ClipWeights;
 
 /// Options that are not part of the checkpoint.
@@ -15,6 +16,11 @@ pub struct ClipOptions {
     pub activation: Option<Activation>,
     /// Zero rows appended to the token table for added special tokens (1 for `<|class|>`).
     pub extra_tokens: usize,
+    /// Compute dtype of both towers (f32, or bf16/f16 mixed precision: LayerNorm and softmax
+    /// stay f32, outputs are f32).
+    pub dtype: DType,
+    /// Dense path of the image tower (dense-CLIP variants).
+    pub dense: DensePath,
 }
 
 impl Default for ClipOptions {
@@ -23,6 +29,8 @@ impl Default for ClipOptions {
             image_size: None,
             activation: None,
             extra_tokens: 1,
+            dtype: DType::F32,
+            dense: DensePath::None,
         }
     }
 }
@@ -39,10 +47,19 @@ impl Clip {
     pub fn new(w: &ClipWeights, opts: &ClipOptions) -> Result<Self> {
         let activation = opts.activation.unwrap_or(w.config.activation);
         let size = opts.image_size.unwrap_or(w.config.vision.image_size);
+        let cast;
+        let w = if opts.dtype == DType::F32 {
+            w
+        } else {
+            cast = w.cast_compute(opts.dtype)?;
+            &cast
+        };
+        let mut vision = VisionTower::new(w, size, activation)?;
+        vision.set_dense_path(opts.dense)?;
         Ok(Self {
             config: w.config.clone(),
             activation,
-            vision: VisionTower::new(w, size, activation)?,
+            vision,
             text: TextTower::new(w, activation, opts.extra_tokens)?,
         })
     }

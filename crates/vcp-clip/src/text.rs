@@ -75,7 +75,7 @@ impl PromptHook for InsertedTokens {
         };
         let (b, l, _) = x.dims3()?;
         let n = self.n();
-        let t = Self::batch(t, b)?;
+        let t = Self::batch(&t.to_dtype(x.dtype())?, b)?;
         let head = x.narrow(1, 0, 1)?;
         if layer == 0 {
             let tail = x.narrow(1, 1, l - 1 - n)?; // drop the last n positions
@@ -107,7 +107,9 @@ pub struct TextTower {
     blocks: Vec<Block>,
     ln_final: LayerNorm,
     proj: Tensor,   // [D, W] Linear weight
-    causal: Tensor, // [C, C] additive mask
+    causal: Tensor, // [C, C] additive mask (f32: added to f32 scores)
+    /// Compute dtype of the blocks; embeddings, LayerNorms and the projection stay f32.
+    dtype: DType,
 }
 
 impl TextTower {
@@ -148,7 +150,12 @@ impl TextTower {
             })
             .collect();
         let device = token_embedding.device().clone();
+        let dtype = w
+            .get("text_model.encoder.layers.0.self_attn.q_proj.weight")
+            .map(|t| t.dtype())
+            .unwrap_or(DType::F32);
         Ok(Self {
+            dtype,
             token_embedding,
             pos_embedding: w
                 .get("text_model.embeddings.position_embedding.weight")?
@@ -175,6 +182,10 @@ impl TextTower {
     }
     pub fn depth(&self) -> usize {
         self.blocks.len()
+    }
+    /// The compute dtype of the blocks (inputs are cast to it; outputs are f32).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
     pub fn vocab_size(&self) -> Result<usize> {
         Ok(self.token_embedding.dim(0)?)
@@ -219,7 +230,7 @@ impl TextTower {
                 self.cfg.context_length
             )));
         }
-        let mut x = x.clone();
+        let mut x = x.to_dtype(self.dtype)?;
         for (i, block) in self.blocks.iter().enumerate() {
             x = hook.before_layer(i, &x)?;
             let n = x.dim(1)?;
@@ -227,7 +238,7 @@ impl TextTower {
             x = block.forward(&x, Some(&mask), Kernels::Differentiable)?;
         }
         let x = hook.after_layers(&x)?;
-        self.ln_final.forward(&x, Kernels::Differentiable)
+        self.ln_final.forward_f32(&x, Kernels::Differentiable)
     }
 
     /// Hidden states at per-row end-of-text positions, then the text projection.

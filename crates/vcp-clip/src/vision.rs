@@ -6,13 +6,18 @@
 //!   antialiased bicubic (VCP-CLIP `resize_pos_embed`, e.g. 24x24 → 37x37 for 518 px);
 //! * the residual stream after any set of blocks is returned, class token first, without
 //!   `ln_post` (VCP-CLIP `features_list = [6, 12, 18, 24]`);
-//! * the global embedding `ln_post(x[:, 0]) @ proj` is returned unnormalised.
+//! * the global embedding `ln_post(x[:, 0]) @ proj` is returned unnormalised;
+//! * optionally a *dense path* ([`DensePath`]) branches off for the last blocks, with value-value
+//!   or query-query attention, and the taps in those blocks come from it; the global embedding
+//!   always comes from CLIP's own path, so image-level components see unchanged inputs.
+//!
+//! In bf16/f16 the tower computes in that dtype (LayerNorm and softmax in f32) and returns f32.
 
-use crate::block::{Block, Kernels, LayerNorm};
+use crate::block::{Block, Kernels, LayerNorm, Scores};
 use crate::config::{Activation, VisionConfig};
 use crate::error::{ClipError, Result};
 use crate::weights::ClipWeights;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use vcp_data::resample::{resize_planar_f32, Filter};
 
 /// What the image tower returns for a batch.
@@ -34,6 +39,35 @@ impl VisionOutput {
     }
 }
 
+/// A second residual stream for dense features in the last blocks (training-free "dense CLIP"
+/// variants). It starts from CLIP's stream before block `depth - blocks + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DensePath {
+    /// CLIP's own attention everywhere.
+    #[default]
+    None,
+    /// AnomalyCLIP (DPAM): in the last `blocks` blocks the query-key attention is replaced by
+    /// value-value attention; residuals and MLPs are kept (`d = d + vv(ln_1 d); d = d + mlp(d)`).
+    ValueValue { blocks: usize },
+    /// CLIP Surgery's parallel path: `d = d + vv(ln_1 x)` over the last `blocks` blocks, where `x`
+    /// is CLIP's own stream entering the block; no MLP on the dense path.
+    Surgery { blocks: usize },
+    /// ClearCLIP: the last block without residual and MLP, with query-query attention
+    /// (`d = qq(ln_1 x)`).
+    ClearClip,
+}
+
+impl DensePath {
+    /// Number of final blocks the dense path covers.
+    pub fn blocks(&self) -> usize {
+        match *self {
+            DensePath::None => 0,
+            DensePath::ValueValue { blocks } | DensePath::Surgery { blocks } => blocks,
+            DensePath::ClearClip => 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VisionTower {
     cfg: VisionConfig,
@@ -46,6 +80,9 @@ pub struct VisionTower {
     ln_post: LayerNorm,
     proj: Tensor, // [D, W] (Linear weight, no bias)
     kernels: Kernels,
+    dense: DensePath,
+    /// Compute dtype (that of the blocks' weights).
+    dtype: DType,
 }
 
 impl VisionTower {
@@ -59,7 +96,14 @@ impl VisionTower {
             )));
         }
         let pos = w.get("vision_model.embeddings.position_embedding.weight")?;
-        let pos_embedding = resize_pos_embed(pos, cfg.native_grid(), image_size / cfg.patch_size)?;
+        let patch_weight = w
+            .get("vision_model.embeddings.patch_embedding.weight")?
+            .clone();
+        let dtype = w
+            .get("vision_model.encoder.layers.0.self_attn.q_proj.weight")?
+            .dtype();
+        let pos_embedding = resize_pos_embed(pos, cfg.native_grid(), image_size / cfg.patch_size)?
+            .to_dtype(dtype)?;
         let blocks = (0..cfg.layers)
             .map(|i| {
                 Block::load(
@@ -73,18 +117,40 @@ impl VisionTower {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             image_size,
-            patch_weight: w
-                .get("vision_model.embeddings.patch_embedding.weight")?
-                .clone(),
-            class_embedding: w.get("vision_model.embeddings.class_embedding")?.clone(),
+            patch_weight,
+            class_embedding: w
+                .get("vision_model.embeddings.class_embedding")?
+                .to_dtype(dtype)?,
             pos_embedding,
             ln_pre: LayerNorm::load(w, "vision_model.pre_layrnorm", cfg.ln_eps)?,
             blocks,
             ln_post: LayerNorm::load(w, "vision_model.post_layernorm", cfg.ln_eps)?,
             proj: w.get("visual_projection.weight")?.clone(),
             kernels: Kernels::Fused,
+            dense: DensePath::None,
+            dtype,
             cfg,
         })
+    }
+
+    /// Select the dense path (see [`DensePath`]); errors if it covers more blocks than exist.
+    pub fn set_dense_path(&mut self, dense: DensePath) -> Result<()> {
+        let n = dense.blocks();
+        if (n == 0 && dense != DensePath::None) || n > self.blocks.len() {
+            return Err(ClipError::Config(format!(
+                "dense path over {n} blocks: the vision tower has {} (use 1..={0})",
+                self.blocks.len()
+            )));
+        }
+        self.dense = dense;
+        Ok(())
+    }
+    pub fn dense_path(&self) -> DensePath {
+        self.dense
+    }
+    /// The compute dtype (f32, bf16 or f16); outputs are always f32.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     pub fn config(&self) -> &VisionConfig {
@@ -125,7 +191,10 @@ impl VisionTower {
             )));
         }
         let p = self.cfg.patch_size;
-        let x = pixels.conv2d(&self.patch_weight, 0, p, 1, 1)?; // [B, W, g, g]
+        let pixels = pixels.to_dtype(self.patch_weight.dtype())?;
+        let x = pixels
+            .conv2d(&self.patch_weight, 0, p, 1, 1)? // [B, W, g, g]
+            .to_dtype(self.dtype)?;
         let x = x.flatten_from(2)?.transpose(1, 2)?; // [B, g*g, W]
         let cls = self
             .class_embedding
@@ -149,16 +218,38 @@ impl VisionTower {
         }
         let mut x = self.embed(pixels)?;
         let mut layers = Vec::with_capacity(taps.len());
+        let depth = self.blocks.len();
+        let start = depth - self.dense.blocks(); // 0-based first block of the dense path
+        let mut dense: Option<Tensor> = None;
+        let k = self.kernels;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x, None, self.kernels)?;
+            if i >= start {
+                let d = dense.take().unwrap_or_else(|| x.clone());
+                dense = Some(match self.dense {
+                    DensePath::None => unreachable!("no dense blocks"),
+                    DensePath::ValueValue { .. } => {
+                        block.forward_scores(&d, None, k, Scores::ValueValue)?
+                    }
+                    DensePath::Surgery { .. } => {
+                        (d + block.attention_only(&x, None, k, Scores::ValueValue)?)?
+                    }
+                    DensePath::ClearClip => block.attention_only(&x, None, k, Scores::QueryQuery)?,
+                });
+            }
+            // CLIP's own stream is still needed for the global embedding (and as the dense
+            // path's input for Surgery / ClearCLIP).
+            x = block.forward(&x, None, k)?;
             if taps.contains(&(i + 1)) {
-                layers.push((i + 1, x.clone()));
+                let t = dense.as_ref().unwrap_or(&x);
+                layers.push((i + 1, t.to_dtype(DType::F32)?));
             }
         }
         // Keep the caller's tap order.
         layers.sort_by_key(|(i, _)| taps.iter().position(|t| t == i));
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?; // [B, W]
-        let global = self.project(&self.ln_post.forward(&cls, self.kernels)?)?;
+        let global = self
+            .project(&self.ln_post.forward_f32(&cls, k)?.to_dtype(self.dtype)?)?
+            .to_dtype(DType::F32)?;
         Ok(VisionOutput {
             layers,
             global,
@@ -169,7 +260,8 @@ impl VisionTower {
     /// `ln_post` then the visual projection, for any tokens `[.., W]` → `[.., D]`
     /// (some heads map dense tokens into the joint space this way).
     pub fn post_project(&self, tokens: &Tensor) -> Result<Tensor> {
-        self.project(&self.ln_post.forward(tokens, self.kernels)?)
+        let y = self.project(&self.ln_post.forward(&tokens.to_dtype(self.dtype)?, self.kernels)?)?;
+        Ok(y.to_dtype(tokens.dtype())?)
     }
 
     fn project(&self, x: &Tensor) -> Result<Tensor> {
@@ -184,6 +276,11 @@ impl VisionTower {
     /// The projection matrix as a Linear weight `[D, W]`.
     pub fn projection(&self) -> &Tensor {
         &self.proj
+    }
+
+    /// Block `i` (0-based).
+    pub fn block(&self, i: usize) -> &Block {
+        &self.blocks[i]
     }
 
     /// Number of blocks.

@@ -43,7 +43,29 @@ impl std::fmt::Debug for ClipWeights {
     }
 }
 
+/// Whether a tensor is cast to the compute dtype in mixed precision: the matmul weights of the
+/// blocks and the visual projection. LayerNorms, token/positional/class embeddings, the text
+/// projection and the patch embedding stay f32 (they are small or feed f32 computations; the
+/// patch convolution runs in f32 because candle's CPU convolution has no bf16 kernel).
+fn is_compute_weight(name: &str) -> bool {
+    name.contains(".self_attn.") || name.contains(".mlp.") || name == "visual_projection.weight"
+}
+
 impl ClipWeights {
+    /// A copy with the matmul weights in `dtype` (bf16/f16 mixed precision; f32 = unchanged).
+    /// The towers built from it compute in that dtype with LayerNorm and softmax in f32.
+    pub fn cast_compute(&self, dtype: DType) -> Result<Self> {
+        let mut out = self.clone();
+        if dtype != DType::F32 {
+            for (k, t) in out.tensors.iter_mut() {
+                if is_compute_weight(k) {
+                    *t = t.to_dtype(dtype)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Load from a Hugging Face CLIP directory or an OpenAI-format weight file.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();

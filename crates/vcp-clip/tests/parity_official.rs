@@ -32,6 +32,7 @@ fn official_clip_vision_matches() {
         image_size: Some(80),
         activation: Some(Activation::Gelu),
         extra_tokens: 1,
+        ..Default::default()
     };
     let clip = Clip::new(&w, &opts).unwrap();
 

@@ -25,19 +25,92 @@ pub struct BackboneConfig {
     /// MLP activation override (`gelu` reproduces the VCP-CLIP reference on OpenAI weights).
     #[serde(default)]
     pub activation: Option<vcp_clip::Activation>,
-    /// Attention of the frozen image tower.
+    /// Attention of the frozen image tower (dense-CLIP variants).
     #[serde(default)]
     pub attention: VisionAttention,
+    /// Number of final blocks the dense path covers (`value_value` and `surgery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_blocks: Option<usize>,
+    /// Compute dtype of the frozen towers (mixed precision; LayerNorm, softmax and losses in f32).
+    #[serde(default, skip_serializing_if = "ComputeDtype::is_f32")]
+    pub dtype: ComputeDtype,
 }
 
-/// The image tower's attention. Dense-CLIP variants (V-V attention as in CLIP Surgery /
-/// AnomalyCLIP's DPAM, ClearCLIP's last block) are added here as further variants.
+/// The image tower's attention. The variants other than `standard` run a second, dense path
+/// over the last blocks whose taps replace CLIP's there (`vcp_clip::DensePath`); the global
+/// embedding is always CLIP's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VisionAttention {
     /// CLIP's own query-key attention in every block.
     #[default]
     Standard,
+    /// AnomalyCLIP (DPAM): value-value attention replaces query-key attention in the last
+    /// `dense_blocks` blocks (residuals and MLPs kept).
+    ValueValue,
+    /// CLIP Surgery: a parallel path accumulating value-value attention (no MLP) over the last
+    /// `dense_blocks` blocks.
+    Surgery,
+    /// ClearCLIP: the last block with query-query attention, no residual, no MLP.
+    ClearClip,
+}
+
+/// Compute dtype of the frozen CLIP towers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ComputeDtype {
+    pub fn is_f32(&self) -> bool {
+        *self == ComputeDtype::F32
+    }
+    pub fn dtype(&self) -> candle_core::DType {
+        match self {
+            ComputeDtype::F32 => candle_core::DType::F32,
+            ComputeDtype::Bf16 => candle_core::DType::BF16,
+            ComputeDtype::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(ComputeDtype::F32),
+            "bf16" => Ok(ComputeDtype::Bf16),
+            "f16" => Ok(ComputeDtype::F16),
+            o => Err(format!("dtype `{o}`: expected f32, bf16 or f16")),
+        }
+    }
+}
+
+/// One state word, or several synonyms whose prompt embeddings are averaged (an ensemble).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StateWords {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for StateWords {
+    fn from(s: &str) -> Self {
+        StateWords::One(s.into())
+    }
+}
+
+impl StateWords {
+    pub fn words(&self) -> Vec<String> {
+        match self {
+            StateWords::One(s) => vec![s.clone()],
+            StateWords::Many(v) => v.clone(),
+        }
+    }
 }
 
 fn default_preset() -> String {
@@ -68,10 +141,14 @@ pub enum PromptConfig {
     Utp {
         #[serde(default = "default_utp_template")]
         template: String,
+        /// A word or a list of synonyms (ensembled: mean of the normalised embeddings).
         #[serde(default = "default_good")]
-        normal_state: String,
+        normal_state: StateWords,
         #[serde(default = "default_damaged")]
-        abnormal_state: String,
+        abnormal_state: StateWords,
+        /// Make the state words' token embeddings learnable (initialised from the words).
+        #[serde(default, skip_serializing_if = "is_false")]
+        learnable_states: bool,
     },
     /// AnomalyCLIP-style object-agnostic prompts: `n_ctx` learnable vectors per state before the
     /// words ("[V..] object" / "[W..] damaged object").
@@ -91,11 +168,14 @@ fn default_object() -> String {
 fn default_damaged_object() -> String {
     "damaged object".into()
 }
-fn default_good() -> String {
-    "good".into()
+fn default_good() -> StateWords {
+    StateWords::One("good".into())
 }
-fn default_damaged() -> String {
-    "damaged".into()
+fn default_damaged() -> StateWords {
+    StateWords::One("damaged".into())
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 fn default_utp_template() -> String {
     "a photo of a {state} <|class|>".into()
@@ -253,6 +333,59 @@ pub enum HeadConfig {
     LinearProj,
     /// CLIP's own `ln_post` + projection, frozen (WinCLIP-style training-free maps).
     ClipProj,
+    /// DETR-style decoder: learnable queries cross-attend over the tapped patch features; two
+    /// state queries give the maps (query-patch similarity), an image query the image logit
+    /// (trained with BCE). Replaces the text-patch map (and the refiner).
+    Decoder {
+        #[serde(default = "default_queries")]
+        queries: usize,
+        #[serde(default = "two")]
+        layers: usize,
+        #[serde(default = "default_decoder_heads")]
+        heads: usize,
+        #[serde(default = "default_decoder_dim")]
+        dim: usize,
+        /// Add the (normal, abnormal) text embeddings to the two state queries.
+        #[serde(default)]
+        text_queries: bool,
+    },
+}
+
+fn default_queries() -> usize {
+    8
+}
+fn default_decoder_heads() -> usize {
+    4
+}
+fn default_decoder_dim() -> usize {
+    128
+}
+
+/// Few-shot references: `k` normal images of the target category (its `train` split), drawn
+/// with `seed`; the images used are recorded with the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FewShotConfig {
+    /// Reference images per category (0 = zero-shot).
+    #[serde(default)]
+    pub k: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Weight of the patch memory-bank map in the final map (WinCLIP+ / APRIL-GAN few-shot):
+    /// `(1 - w) zero_shot + w (1 - max cos(patch, bank))`; 0 = off.
+    #[serde(default)]
+    pub memory_bank: f64,
+    /// Reference-conditioned normal prompt: the normal text embedding of each layer becomes
+    /// `normalize((1 - a) t_normal + a pooled(refs))`, with the references' patch features mapped
+    /// by the patch head and averaged; 0 = off, 1 = replaced.
+    #[serde(default)]
+    pub normal_prompt: f64,
+}
+
+impl FewShotConfig {
+    pub fn is_off(&self) -> bool {
+        self.k == 0
+    }
 }
 
 /// Which layers' maps are combined and how.
@@ -329,6 +462,8 @@ pub struct ModelConfig {
     pub head: HeadConfig,
     pub temperature: TemperatureConfig,
     pub fusion: FusionConfig,
+    #[serde(default, skip_serializing_if = "FewShotConfig::is_off")]
+    pub fewshot: FewShotConfig,
 }
 
 /// Training settings (reference train.py / train.sh).
@@ -427,6 +562,8 @@ pub struct ExperimentConfig {
     pub head: HeadConfig,
     pub temperature: TemperatureConfig,
     pub fusion: FusionConfig,
+    #[serde(default, skip_serializing_if = "FewShotConfig::is_off")]
+    pub fewshot: FewShotConfig,
     pub train: Option<TrainConfig>,
     pub eval: Option<EvalConfig>,
     #[serde(default)]
@@ -444,6 +581,7 @@ impl ExperimentConfig {
             head: self.head.clone(),
             temperature: self.temperature.clone(),
             fusion: self.fusion.clone(),
+            fewshot: self.fewshot.clone(),
         }
     }
 
@@ -459,6 +597,7 @@ impl ExperimentConfig {
             head: m.head,
             temperature: m.temperature,
             fusion: m.fusion,
+            fewshot: m.fewshot,
             train: None,
             eval: None,
             synth: SynthConfig::default(),

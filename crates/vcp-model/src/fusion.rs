@@ -133,6 +133,8 @@ pub struct ImageMaps {
     pub size: usize,
     /// Abnormal-state probability from the class token (for `ImageScoreConfig::ClsText`).
     pub cls_score: f32,
+    /// Few-shot memory-bank map and its weight in the final map.
+    pub fewshot: Option<(f32, Vec<f32>)>,
 }
 
 /// What post-processing produces for a set of images (a category, or one image).
@@ -162,6 +164,16 @@ pub fn finalize(images: &[ImageMaps], cfg: &FusionConfig) -> Finalized {
                 .collect(),
             None => im.raw.clone(),
         })
+        .zip(images)
+        .map(|(zs, im)| match &im.fewshot {
+            // (1 - w) zero-shot + w memory bank (WinCLIP+-style blending).
+            Some((w, fs)) => zs
+                .iter()
+                .zip(fs)
+                .map(|(&a, &b)| (1.0 - w) * a + w * b)
+                .collect(),
+            None => zs,
+        })
         .collect();
     let smoothed: Vec<Vec<f32>> = {
         use rayon::prelude::*;
@@ -181,6 +193,12 @@ pub fn finalize(images: &[ImageMaps], cfg: &FusionConfig) -> Finalized {
             }
             ImageScoreConfig::Max => sm.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
             ImageScoreConfig::ClsText => im.cls_score,
+        })
+        .zip(images)
+        .map(|(s, im)| match &im.fewshot {
+            // Few-shot image score: the memory-bank map's maximum, blended like the maps.
+            Some((w, fs)) => (1.0 - w) * s + w * fs.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
+            None => s,
         })
         .collect();
     let mut maps = smoothed.clone();

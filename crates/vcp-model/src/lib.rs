@@ -3,7 +3,9 @@
 //! Slots (each a serde enum in [`config`], each with an "off" variant):
 //! text prompt ([`prompt`]: UTP, hand-crafted ensembles, learned context), deep text prompts
 //! ([`dtp`]), category tokens ([`pre_vcp`]: static or Pre-VCP), text refiner ([`post_vcp`]),
-//! patch head ([`head`]), fusion and scoring ([`fusion`]). [`model::VcpModel`] assembles them on
+//! patch head ([`head`], or the DETR-style [`decoder`]), fusion and scoring ([`fusion`]), few-shot
+//! references ([`fewshot`]: memory bank, reference-conditioned normal prompt); the image tower's
+//! attention (dense-CLIP paths) and compute dtype are backbone settings. [`model::VcpModel`] assembles them on
 //! the frozen CLIP of `vcp-clip`; [`loss`] and [`checkpoint`] serve training and inference;
 //! [`presets`] express VCP-CLIP, APRIL-GAN-style and AnomalyCLIP-style models.
 //!
@@ -13,7 +15,9 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod decoder;
 pub mod dtp;
+pub mod fewshot;
 pub mod fusion;
 pub mod head;
 pub mod loss;

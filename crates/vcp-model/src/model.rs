@@ -6,7 +6,9 @@ use crate::config::{
     CategoryConfig, DeepPromptConfig, HeadConfig, LayerReduce, ModelConfig, PromptConfig,
     RefinerConfig,
 };
+use crate::decoder::AnomalyDecoder;
 use crate::dtp::Dtp;
+use crate::fewshot::References;
 use crate::fusion::{probs, ImageMaps};
 use crate::head::PatchHead;
 use crate::params::Params;
@@ -111,6 +113,8 @@ pub struct VcpModel {
     category: Category,
     refiner: Option<PostVcp>,
     head: PatchHead,
+    /// The DETR-style head (`head.kind = "decoder"`), replacing the text-patch map.
+    decoder: Option<AnomalyDecoder>,
     tau_raw: Tensor,
     tau_post: Option<Tensor>,
 }
@@ -132,6 +136,8 @@ impl VcpModel {
             image_size: Some(cfg.backbone.image_size),
             activation: cfg.backbone.activation,
             extra_tokens: 1,
+            dtype: cfg.backbone.dtype.dtype(),
+            dense: dense_path(&cfg.backbone)?,
         };
         let clip = Clip::new(weights, &opts).map_err(err)?;
         let tokenizer = Tokenizer::vcp().map_err(err)?;
@@ -143,11 +149,33 @@ impl VcpModel {
         let mut p = Params::new(seed, device);
         // Creation order follows the reference (LinearLayer, Context_Prompting, Zero_Parameter,
         // CLIP prompts) so that names list like its checkpoint.
+        let mut decoder = None;
         let head = match cfg.head {
             HeadConfig::LinearProj => {
                 PatchHead::linear(&mut p, cfg.backbone.taps.len(), vw, embed)?
             }
             HeadConfig::ClipProj => PatchHead::ClipProj,
+            HeadConfig::Decoder {
+                queries,
+                layers,
+                heads,
+                dim,
+                text_queries,
+            } => {
+                decoder = Some(AnomalyDecoder::new(
+                    &mut p,
+                    cfg.backbone.taps.len(),
+                    vw,
+                    embed,
+                    queries,
+                    layers,
+                    heads,
+                    dim,
+                    text_queries,
+                )?);
+                // Only used to pool few-shot references into the joint space.
+                PatchHead::ClipProj
+            }
         };
         let category = Category::new(&cfg.category, &mut p, tw, embed)?;
         let tau_raw = p.scalar(
@@ -166,8 +194,7 @@ impl VcpModel {
                 )?),
             ),
         };
-        let ctx = clip.text.context_length();
-        let prompt = TextPrompt::new(&cfg.prompt, &mut p, &tokenizer, tw, ctx, device)?;
+        let prompt = TextPrompt::new(&cfg.prompt, &mut p, &tokenizer, &clip.text, device)?;
         let dtp = match &cfg.deep_prompt {
             DeepPromptConfig::None => None,
             DeepPromptConfig::Dtp {
@@ -186,6 +213,7 @@ impl VcpModel {
             category,
             refiner,
             head,
+            decoder,
             tau_raw,
             tau_post,
         })
@@ -255,15 +283,69 @@ impl VcpModel {
         train: bool,
         want_trace: bool,
     ) -> Result<Logits> {
+        self.logits_with(f, class, train, want_trace, None)
+    }
+
+    /// [`Self::logits`] with few-shot references (reference-conditioned normal prompt).
+    pub fn logits_with(
+        &self,
+        f: &Features,
+        class: &str,
+        train: bool,
+        want_trace: bool,
+        refs: Option<&References>,
+    ) -> Result<Logits> {
         let (text, mut trace) = self.text_embeddings(f, class, train)?;
         let (b, _, _) = text.dims3()?;
         let g = f.grid;
         let n = g * g;
         let scale_raw = self.tau_raw.exp()?;
         let tt = text.transpose(1, 2)?; // [B, D, 2]
+        // [B, 1, D] x [B, D, 2] -> [B, 2]
+        let cls = l2norm(&f.global)?
+            .unsqueeze(1)?
+            .matmul(&tt)?
+            .squeeze(1)?
+            .broadcast_mul(&scale_raw)?;
+        if let Some(dec) = &self.decoder {
+            let patches = f
+                .layers
+                .iter()
+                .map(|t| t.narrow(1, 1, n))
+                .collect::<Result<Vec<_>>>()?;
+            let (maps, image) = dec.forward(&patches, &text, &scale_raw)?;
+            let raw = maps
+                .into_iter()
+                .map(|m| m.reshape((b, 2, g, g)))
+                .collect::<Result<Vec<_>>>()?;
+            // Image logit as two-class logits [0, z]: softmax gives sigmoid(z).
+            let cls = Tensor::stack(&[&image.zeros_like()?, &image], 1)?;
+            return Ok(Logits {
+                text,
+                raw,
+                refined: vec![],
+                cls,
+                trace: want_trace.then_some(trace),
+            });
+        }
+        let alpha = self.cfg.fewshot.normal_prompt;
         let mut raw = Vec::new();
         let mut refined = Vec::new();
         for (i, tokens) in f.layers.iter().enumerate() {
+            // Reference-conditioned normal prompt: blend the normal embedding towards the
+            // references' pooled patch embedding of this layer.
+            let text_i = match refs {
+                Some(r) if alpha > 0.0 => {
+                    let normal = text.narrow(1, 0, 1)?; // [B, 1, D]
+                    let pooled = r.pooled[i].reshape((1, 1, ()))?;
+                    let normal = l2norm(
+                        &((normal * (1.0 - alpha))?.broadcast_add(&(pooled * alpha)?)?),
+                    )?;
+                    Tensor::cat(&[&normal, &text.narrow(1, 1, 1)?], 1)?
+                }
+                _ => text.clone(),
+            };
+            let tt = text_i.transpose(1, 2)?; // [B, D, 2]
             let patches = tokens.narrow(1, 1, n)?; // [B, N, W]
             let proj = self.head.project(i, &patches, &self.clip)?; // [B, N, D]
             let s = l2norm(&proj)?.matmul(&tt)?.broadcast_mul(&scale_raw)?; // [B, N, 2]
@@ -273,7 +355,7 @@ impl VcpModel {
             }
             if let (Some(r), Some(tau)) = (&self.refiner, &self.tau_post) {
                 let fs = l2norm(&patches)?; // [B, N, W]
-                let [ta, q, k, v, o] = r.refine_full(&text, &fs)?; // ta: [B, 2, W]
+                let [ta, q, k, v, o] = r.refine_full(&text_i, &fs)?; // ta: [B, 2, W]
                 let s = fs
                     .matmul(&ta.transpose(1, 2)?)?
                     .broadcast_mul(&tau.exp()?)?; // [B, N, 2]
@@ -287,12 +369,6 @@ impl VcpModel {
                 }
             }
         }
-        // [B, 1, D] x [B, D, 2] -> [B, 2]
-        let cls = l2norm(&f.global)?
-            .unsqueeze(1)?
-            .matmul(&tt)?
-            .squeeze(1)?
-            .broadcast_mul(&scale_raw)?;
         Ok(Logits {
             text,
             raw,
@@ -331,7 +407,20 @@ impl VcpModel {
                 });
             }
         }
-        Ok((total.expect("at least one map"), terms))
+        let mut total = total.expect("at least one map");
+        if self.decoder.is_some() {
+            // Image-level BCE on the decoder's logit: label = the mask has an anomalous pixel.
+            let label = gt.flatten_from(1)?.max(1)?.gt(0.5)?.to_dtype(candle_core::DType::U32)?;
+            let bce = candle_nn::loss::cross_entropy(&lg.cls, &label)?;
+            terms.push(("image.bce".into(), bce.to_scalar::<f32>()?));
+            total = (total + bce)?;
+        }
+        Ok((total, terms))
+    }
+
+    /// Features of few-shot reference images → per-layer bank and pooled normal embeddings.
+    pub fn references(&self, f: &Features, paths: Vec<String>) -> Result<References> {
+        References::new(f, paths, |i, p| self.head.project(i, p, &self.clip))
     }
 
     /// Anomaly-channel maps per branch, reduced over layers, at `size` (no graph kept).
@@ -371,6 +460,7 @@ impl VcpModel {
                 refined: refined.as_ref().map(|v| v[i].clone()),
                 size,
                 cls_score: cls[i],
+                fewshot: None,
             })
             .collect())
     }
@@ -423,5 +513,40 @@ pub fn validate(cfg: &ModelConfig, w: &ClipWeights) -> Result<()> {
     if !(0.0..=1.0).contains(&cfg.fusion.raw_weight) {
         return bad("fusion.raw_weight must be in [0, 1]".into());
     }
+    let fs = &cfg.fewshot;
+    if !(0.0..=1.0).contains(&fs.memory_bank) || !(0.0..=1.0).contains(&fs.normal_prompt) {
+        return bad("fewshot.memory_bank and fewshot.normal_prompt must be in [0, 1]".into());
+    }
+    if fs.k > 0 && fs.memory_bank == 0.0 && fs.normal_prompt == 0.0 {
+        return bad("fewshot.k > 0 but neither fewshot.memory_bank nor fewshot.normal_prompt is set".into());
+    }
+    if let HeadConfig::Decoder { .. } = cfg.head {
+        if !matches!(cfg.refiner, RefinerConfig::Identity) {
+            return bad("head.kind = \"decoder\" replaces the text-patch maps: set refiner.kind = \"identity\"".into());
+        }
+        if fs.normal_prompt > 0.0 {
+            return bad("fewshot.normal_prompt needs a text-patch head (head.kind = linear_proj or clip_proj)".into());
+        }
+    }
+    dense_path(&cfg.backbone)?;
     Ok(())
+}
+
+/// The configured dense path of the image tower.
+pub fn dense_path(b: &crate::config::BackboneConfig) -> Result<vcp_clip::DensePath> {
+    use crate::config::VisionAttention as A;
+    let blocks = || {
+        b.dense_blocks.filter(|&n| n > 0).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "backbone.attention = \"{}\" needs backbone.dense_blocks (the number of final blocks, >= 1)",
+                if b.attention == A::ValueValue { "value_value" } else { "surgery" }
+            ))
+        })
+    };
+    Ok(match b.attention {
+        A::Standard => vcp_clip::DensePath::None,
+        A::ValueValue => vcp_clip::DensePath::ValueValue { blocks: blocks()? },
+        A::Surgery => vcp_clip::DensePath::Surgery { blocks: blocks()? },
+        A::ClearClip => vcp_clip::DensePath::ClearClip,
+    })
 }

@@ -86,6 +86,12 @@ impl Params {
         self.add(name, vec![value as f32; shape.elem_count()], shape)
     }
 
+    /// A parameter initialised from a given tensor (e.g. word embeddings).
+    pub fn tensor(&mut self, name: &str, init: &Tensor) -> Result<Tensor> {
+        let data = init.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        self.add(name, data, init.shape().clone())
+    }
+
     /// A learnable scalar or, when `learnable` is false, a plain constant tensor.
     pub fn scalar(&mut self, name: &str, value: f64, learnable: bool) -> Result<Tensor> {
         if learnable {

@@ -13,6 +13,8 @@ pub fn vit_l_14_336_at_518(weights: &str) -> BackboneConfig {
         taps: vec![6, 12, 18, 24],
         activation: Some(vcp_clip::Activation::Gelu),
         attention: VisionAttention::Standard,
+        dense_blocks: None,
+        dtype: Default::default(),
     }
 }
 
@@ -26,6 +28,8 @@ pub fn tiny(image_size: usize) -> BackboneConfig {
         taps: vec![3, 6, 9, 12],
         activation: None,
         attention: VisionAttention::Standard,
+        dense_blocks: None,
+        dtype: Default::default(),
     }
 }
 
@@ -52,6 +56,7 @@ pub fn vcp_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig {
             template: "a photo of a {state} <|class|>".into(),
             normal_state: "good".into(),
             abnormal_state: "damaged".into(),
+            learnable_states: false,
         },
         deep_prompt: DeepPromptConfig::Dtp {
             tokens: 1,
@@ -72,6 +77,7 @@ pub fn vcp_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig {
             learnable: true,
         },
         fusion: vcp_fusion(),
+        fewshot: Default::default(),
     }
 }
 
@@ -126,12 +132,14 @@ pub fn april_gan(backbone: BackboneConfig) -> ModelConfig {
             normalize: Normalize::None,
             image_score: ImageScoreConfig::ClsText,
         },
+        fewshot: Default::default(),
     }
 }
 
 /// AnomalyCLIP-style: object-agnostic learnable prompts ("[V] object" / "[W] damaged object") with
 /// deep text prompts (4 tokens, 8 more layers), CLIP's frozen projection for patches (AnomalyCLIP
-/// also replaces attention in the last blocks with DPAM/V-V attention: a later backbone variant).
+/// also replaces attention in the last blocks with DPAM/V-V attention: `backbone.attention =
+/// "value_value"`).
 pub fn anomaly_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig {
     ModelConfig {
         backbone,
@@ -160,6 +168,7 @@ pub fn anomaly_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig
             normalize: Normalize::None,
             image_score: ImageScoreConfig::ClsText,
         },
+        fewshot: Default::default(),
     }
 }
 

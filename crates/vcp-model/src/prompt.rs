@@ -15,13 +15,18 @@ use crate::post_vcp::l2norm;
 use candle_core::{Device, Result, Tensor};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use vcp_clip::{Clip, NoHook, PromptHook, Tokenizer};
+use vcp_clip::{Clip, NoHook, PromptHook, TextTower, Tokenizer};
 
 pub enum TextPrompt {
     Utp {
-        ids: Tensor, // [2, 77]
-        class_pos: [usize; 2],
-        eot: [usize; 2],
+        /// One row per prompt sequence: each state word (synonym) of each state, `[S, 77]`.
+        ids: Tensor,
+        class_pos: Vec<usize>,
+        eot: Vec<usize>,
+        /// State (0 normal, 1 abnormal) of each sequence.
+        state_of: Vec<usize>,
+        /// Learnable state-word embeddings of each sequence: (first position, `[m, W]`).
+        learned: Vec<Option<(usize, Tensor)>>,
     },
     Handcrafted {
         cfg: PromptConfig,
@@ -51,15 +56,16 @@ impl TextPrompt {
         cfg: &PromptConfig,
         p: &mut Params,
         tok: &Tokenizer,
-        width: usize,
-        ctx: usize,
+        text: &TextTower,
         dev: &Device,
     ) -> Result<Self> {
+        let (width, ctx) = (text.width(), text.context_length());
         Ok(match cfg {
             PromptConfig::Utp {
                 template,
                 normal_state,
                 abnormal_state,
+                learnable_states,
             } => {
                 if !template.contains("{state}")
                     || !template.contains(vcp_clip::tokenizer::CLASS_TOKEN)
@@ -67,21 +73,60 @@ impl TextPrompt {
                     candle_core::bail!("prompt.template must contain `{{state}}` and `<|class|>`, got `{template}`");
                 }
                 let mut all = Vec::new();
-                let mut class_pos = [0; 2];
-                let mut eot = [0; 2];
-                for (j, state) in [normal_state, abnormal_state].iter().enumerate() {
-                    let (ids, e) = ids_of(tok, &template.replace("{state}", state), ctx, dev)?;
-                    class_pos[j] = ids
-                        .iter()
-                        .position(|&i| i == vcp_clip::tokenizer::CLASS)
-                        .unwrap();
-                    eot[j] = e;
-                    all.extend(ids);
+                let (mut class_pos, mut eot, mut state_of, mut learned) =
+                    (vec![], vec![], vec![], vec![]);
+                for (j, words) in [normal_state, abnormal_state].iter().enumerate() {
+                    let words = words.words();
+                    if words.is_empty() || words.iter().any(|w| w.trim().is_empty()) {
+                        candle_core::bail!(
+                            "prompt.{}_state: give at least one non-empty word",
+                            ["normal", "abnormal"][j]
+                        );
+                    }
+                    for (wi, word) in words.iter().enumerate() {
+                        let (ids, e) =
+                            ids_of(tok, &template.replace("{state}", word), ctx, dev)?;
+                        class_pos.push(
+                            ids.iter()
+                                .position(|&i| i == vcp_clip::tokenizer::CLASS)
+                                .unwrap(),
+                        );
+                        eot.push(e);
+                        state_of.push(j);
+                        learned.push(if *learnable_states {
+                            // CoOp-style: the word's own token embeddings are the initial value.
+                            let w_ids = tok.encode(word);
+                            let pos = ids
+                                .windows(w_ids.len())
+                                .position(|win| win == w_ids.as_slice())
+                                .ok_or_else(|| {
+                                    candle_core::Error::Msg(format!(
+                                        "prompt: state word `{word}` is not tokenised alone inside the template"
+                                    ))
+                                })?;
+                            let ids_t = Tensor::from_vec(w_ids.clone(), (1, w_ids.len()), dev)?;
+                            let init = text
+                                .embed_ids(&ids_t)
+                                .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                                .squeeze(0)?;
+                            let name = format!(
+                                "prompt.state_{}.{wi}",
+                                ["normal", "abnormal"][j]
+                            );
+                            Some((pos, p.tensor(&name, &init)?))
+                        } else {
+                            None
+                        });
+                        all.extend(ids);
+                    }
                 }
+                let n = eot.len();
                 TextPrompt::Utp {
-                    ids: Tensor::from_vec(all, (2, ctx), dev)?,
+                    ids: Tensor::from_vec(all, (n, ctx), dev)?,
                     class_pos,
                     eot,
+                    state_of,
+                    learned,
                 }
             }
             PromptConfig::Handcrafted { .. } => TextPrompt::Handcrafted {
@@ -143,6 +188,8 @@ impl TextPrompt {
                 ids,
                 class_pos,
                 eot,
+                state_of,
+                learned,
             } => {
                 let c = category.ok_or_else(|| {
                     candle_core::Error::Msg(
@@ -150,40 +197,51 @@ impl TextPrompt {
                     )
                 })?;
                 let (bc, r, _) = c.dims3()?;
-                let x = text.embed_ids(ids).map_err(map)?; // [2, L, W]
-                let l = x.dim(1)?;
-                let mut seqs = Vec::with_capacity(2);
-                let mut eots = Vec::with_capacity(2 * bc);
-                for j in 0..2 {
-                    let xj = x.get(j)?; // [L, W]
+                let x = text.embed_ids(ids).map_err(map)?; // [S, L, W]
+                let (ns, l, w) = x.dims3()?;
+                let mut seqs = Vec::with_capacity(ns);
+                let mut eots = Vec::with_capacity(ns * bc);
+                for j in 0..ns {
+                    let mut xj = x.get(j)?; // [L, W]
+                    if let Some((pos, emb)) = &learned[j] {
+                        let m = emb.dim(0)?;
+                        xj = Tensor::cat(
+                            &[&xj.narrow(0, 0, *pos)?, emb, &xj.narrow(0, pos + m, l - pos - m)?],
+                            0,
+                        )?;
+                    }
                     let p = class_pos[j];
-                    let head =
-                        xj.narrow(0, 0, p)?
-                            .unsqueeze(0)?
-                            .broadcast_as((bc, p, xj.dim(1)?))?;
+                    let head = xj.narrow(0, 0, p)?.unsqueeze(0)?.broadcast_as((bc, p, w))?;
                     let tail_len = l - r + 1 - (p + 1);
-                    let tail = xj.narrow(0, p + 1, tail_len)?.unsqueeze(0)?.broadcast_as((
-                        bc,
-                        tail_len,
-                        xj.dim(1)?,
-                    ))?;
+                    let tail = xj
+                        .narrow(0, p + 1, tail_len)?
+                        .unsqueeze(0)?
+                        .broadcast_as((bc, tail_len, w))?;
                     seqs.push(Tensor::cat(
                         &[&head.contiguous()?, c, &tail.contiguous()?],
                         1,
                     )?); // [Bc, L, W]
                     eots.extend(std::iter::repeat_n(eot[j] + r - 1, bc));
                 }
-                let x = Tensor::stack(&seqs, 0)?; // [2, Bc, L, W]
+                let x = Tensor::stack(&seqs, 0)?; // [S, Bc, L, W]
                 let x = x.broadcast_add(text.positional_embedding())?;
                 let layer1 = x.clone();
-                let flat = x.reshape((2 * bc, l, x.dim(3)?))?;
-                let e = l2norm(&text.forward_embeds(&flat, &eots, hook).map_err(map)?)?; // [2Bc, D]
-                let e = l2norm(&e)?; // mean over the single template, normalised again (reference)
+                let flat = x.reshape((ns * bc, l, w))?;
+                let e = l2norm(&text.forward_embeds(&flat, &eots, hook).map_err(map)?)?; // [S Bc, D]
                 let d = e.dim(1)?;
-                Ok((
-                    e.reshape((2, bc, d))?.transpose(0, 1)?.contiguous()?,
-                    Some(layer1),
-                ))
+                let e = e.reshape((ns, bc, d))?;
+                // Mean over each state's synonyms, normalised again (reference: one template).
+                let mut states = Vec::with_capacity(2);
+                for st in 0..2 {
+                    let idx: Vec<u32> = (0..ns)
+                        .filter(|&j| state_of[j] == st)
+                        .map(|j| j as u32)
+                        .collect();
+                    let k = idx.len();
+                    let sel = e.index_select(&Tensor::from_vec(idx, k, e.device())?, 0)?;
+                    states.push(l2norm(&sel.mean(0)?)?); // [Bc, D]
+                }
+                Ok((Tensor::stack(&states, 1)?, Some(layer1)))
             }
             TextPrompt::LearnedContext { ids, eot, ctx } => {
                 let x = text.embed_ids(ids).map_err(map)?; // [2, L, W]

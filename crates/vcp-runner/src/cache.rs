@@ -12,8 +12,16 @@ use vcp_model::{Features, VcpModel};
 pub fn backbone_key(model: &VcpModel) -> String {
     let b = &model.cfg.backbone;
     format!(
-        "{}|{}|{}|{}|{:?}|{:?}|{:?}",
-        b.preset, b.weights, b.seed, b.image_size, b.taps, b.activation, b.attention
+        "{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        b.preset,
+        b.weights,
+        b.seed,
+        b.image_size,
+        b.taps,
+        b.activation,
+        b.attention,
+        b.dense_blocks,
+        b.dtype
     )
 }
 

@@ -32,6 +32,8 @@ pub struct EvalOutput {
     pub kept: Vec<KeptImage>,
     pub backbone_seconds: f64,
     pub seconds: f64,
+    /// Few-shot: the reference images used for each category (dataset-relative paths).
+    pub references: Vec<(String, Vec<String>)>,
 }
 
 pub struct EvalOptions<'a> {
@@ -52,8 +54,16 @@ pub fn evaluate(
     let t0 = std::time::Instant::now();
     let size = model.cfg.backbone.image_size;
     let mut out = EvalOutput::default();
+    let fs = &model.cfg.fewshot;
     for (cls, recs) in &meta.test.0 {
         pb.set_prefix(cls.clone());
+        let refs = if fs.k > 0 {
+            let r = references(model, meta, root, cls, o, device)?;
+            out.references.push((cls.clone(), r.paths.clone()));
+            Some(r)
+        } else {
+            None
+        };
         let mut images = Vec::new();
         let mut masks: Vec<Vec<bool>> = Vec::new();
         let mut labels = Vec::new();
@@ -72,8 +82,15 @@ pub fn evaluate(
             let tb = std::time::Instant::now();
             let feats = crate::cache::batch_features(o.cache, model, &px, root, &b.paths, device)?;
             out.backbone_seconds += tb.elapsed().as_secs_f64();
-            let lg = model.logits(&feats, cls, false, false)?;
-            images.extend(model.image_maps(&lg, size)?);
+            let lg = model.logits_with(&feats, cls, false, false, refs.as_ref())?;
+            let mut maps = model.image_maps(&lg, size)?;
+            if let Some(r) = refs.as_ref().filter(|_| fs.memory_bank > 0.0) {
+                let bank = r.memory_bank_maps(&feats, size, model.cfg.fusion.upsample)?;
+                for (im, m) in maps.iter_mut().zip(bank.flatten_from(1)?.to_vec2::<f32>()?) {
+                    im.fewshot = Some((fs.memory_bank as f32, m));
+                }
+            }
+            images.extend(maps);
             masks.extend(
                 b.masks
                     .chunks(size * size)
@@ -131,4 +148,45 @@ pub fn evaluate(
     }
     out.seconds = t0.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Draw `fewshot.k` normal images of `cls` from the dataset's `train` split and encode them.
+fn references(
+    model: &VcpModel,
+    meta: &Meta,
+    root: &Path,
+    cls: &str,
+    o: &EvalOptions,
+    device: &Device,
+) -> Result<vcp_model::fewshot::References> {
+    let fs = &model.cfg.fewshot;
+    let normal: Vec<_> = meta
+        .train
+        .0
+        .iter()
+        .find(|(c, _)| c == cls)
+        .map(|(_, r)| r.iter().filter(|r| r.anomaly == 0).cloned().collect())
+        .unwrap_or_default();
+    if normal.len() < fs.k {
+        anyhow::bail!(
+            "fewshot.k = {}: category {cls} has {} normal images in the dataset's train split",
+            fs.k,
+            normal.len()
+        );
+    }
+    let pick = vcp_model::fewshot::select(normal.len(), fs.k, fs.seed, cls);
+    let recs: Vec<_> = pick.iter().map(|&i| normal[i].clone()).collect();
+    let size = model.cfg.backbone.image_size;
+    let mut feats = Vec::new();
+    let mut paths = Vec::new();
+    for b in vcp_data::dataset::batches(root.to_path_buf(), recs, size, o.batch_size, 1, None) {
+        let b = b?;
+        let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
+        feats.push(crate::cache::batch_features(
+            o.cache, model, &px, root, &b.paths, device,
+        )?);
+        paths.extend(b.paths.clone());
+    }
+    let f = vcp_model::Features::cat(&feats)?;
+    Ok(model.references(&f, paths)?)
 }

@@ -275,7 +275,7 @@ pub fn run_one(
         "dataset": {"train": exp.train.as_ref().map(|t| t.data.clone()), "eval": ec.data},
         "git": {"commit": commit, "dirty": dirty},
         "device": format!("{:?}", o.device),
-        "dtype": "f32",
+        "dtype": serde_json::to_value(exp.backbone.dtype)?,
         "start": start_iso,
         "end": end_iso,
         "wall_seconds": {
@@ -292,6 +292,16 @@ pub fn run_one(
         "notes": ev.notes.iter().chain(mean_notes.iter()).collect::<Vec<_>>(),
         "qualitative": qual,
     });
+    let mut record = record;
+    if !ev.references.is_empty() {
+        // Few-shot: which normal images served as references, per category.
+        record["fewshot_references"] = ev
+            .references
+            .iter()
+            .map(|(c, p)| (c.clone(), json!(p)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     log.push_str(&format!(
         "eval: mean auroc_px {:?} ap_px {:?}\n",
         mean.auroc_px, mean.ap_px

@@ -99,7 +99,8 @@ impl PromptHook for DtpHook {
         self.inner.before_layer(layer, x)
     }
     fn after_layers(&self, x: &Tensor) -> vcp_clip::Result<Tensor> {
-        let x = self.inner.after_layers(x)?;
+        // In f32 whatever the towers' dtype (mixed precision keeps LayerNorms in f32).
+        let x = self.inner.after_layers(x)?.to_dtype(self.norm_w.dtype())?;
         Ok(candle_nn::ops::layer_norm_slow(
             &x,
             &self.norm_w,

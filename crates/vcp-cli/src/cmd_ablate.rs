@@ -27,6 +27,10 @@ pub struct Args {
     /// Recompute backbone features for every run (for measuring the cache).
     #[arg(long)]
     no_cache: bool,
+    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
+    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    dtype: Option<String>,
     /// Feature-cache size limit in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_mib: usize,
@@ -57,8 +61,11 @@ pub fn run(a: Args) -> Result<()> {
         Some(f) => f.clone(),
         None => default_file()?,
     };
-    let sets: Vec<_> = a
-        .sets
+    let mut set_args = a.sets.clone();
+    if let Some(d) = &a.dtype {
+        set_args.push(format!("backbone.dtype={d}"));
+    }
+    let sets: Vec<_> = set_args
         .iter()
         .map(|s| experiment::parse_set(s))
         .collect::<Result<_>>()?;

@@ -27,6 +27,10 @@ pub struct Args {
     out: Option<PathBuf>,
     #[arg(long)]
     device: Option<String>,
+    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
+    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    dtype: Option<String>,
 }
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
@@ -34,7 +38,10 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let exp = crate::common::load_experiment(&a.config)?;
+    let mut exp = crate::common::load_experiment(&a.config)?;
+    if let Some(d) = &a.dtype {
+        exp.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
+    }
     let dev = device(a.device.as_deref())?;
     let model = build_model(&exp, &dev)?;
     if let Some(c) = &a.checkpoint {

@@ -40,6 +40,10 @@ pub struct Args {
     threshold: f32,
     #[arg(long)]
     device: Option<String>,
+    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
+    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    dtype: Option<String>,
 }
 
 /// The experiment to run: --config, else the config stored in our checkpoint, else (official
@@ -166,6 +170,9 @@ pub fn run(a: Args) -> Result<()> {
         exp.backbone.activation = Some(act.parse()?);
     }
     // Per-image maps "before any normalisation across images".
+    if let Some(d) = &a.dtype {
+        exp.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
+    }
     exp.fusion.normalize = Normalize::None;
     let images = list_images(&a)?;
     let dev = device(a.device.as_deref())?;

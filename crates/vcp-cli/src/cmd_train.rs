@@ -20,10 +20,17 @@ pub struct Args {
     epochs: Option<usize>,
     #[arg(long)]
     device: Option<String>,
+    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
+    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
+    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
+    dtype: Option<String>,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let exp = crate::common::load_experiment(&a.config)?;
+    let mut exp = crate::common::load_experiment(&a.config)?;
+    if let Some(d) = &a.dtype {
+        exp.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
+    }
     let mut tc = exp
         .train
         .clone()

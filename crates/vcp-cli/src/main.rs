@@ -1,6 +1,7 @@
 //! `vcp`: the command line of the VCP-CLIP research workspace.
 
 mod cmd_ablate;
+mod cmd_bench;
 mod cmd_data;
 mod cmd_demo;
 mod cmd_eval;
@@ -53,6 +54,8 @@ enum Command {
     /// Download CLIP weights from the Hugging Face hub (online machines).
     #[command(subcommand)]
     Weights(cmd_weights::Command),
+    /// Throughput of backbone, inference and a training step on random weights (JSON lines).
+    Bench(cmd_bench::Args),
     /// End-to-end smoke run on the embedded default (tiny random CLIP, synthetic images).
     Demo(cmd_demo::Args),
 }
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::TextEmbed(a) => cmd_features::run_text(a),
         Command::EvalMaps(a) => cmd_eval_maps::run(a),
         Command::Demo(a) => cmd_demo::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
         Command::Weights(c) => cmd_weights::run(c),
         Command::Data(c) => cmd_data::run(c),
         Command::Train(a) => cmd_train::run(a),

@@ -183,3 +183,66 @@ fn bad_ablation_file_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("vcp_clip") && err.contains("hedas"), "{err}");
 }
+
+/// The issue-7/8 components through the runner: few-shot references recorded per category
+/// (k distinct normal train images, different for another seed), the decoder head, a dense
+/// backbone and bf16 towers all train and evaluate; `--dtype` reaches the record.
+#[test]
+fn new_components_run_through_the_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, results) = (dir.path().join("cache"), dir.path().join("results"));
+    mini(dir.path());
+    let ab = r#"
+name = "mini_new"
+base = "base.toml"
+seeds = [0, 1]
+baseline = "fewshot"
+set = { "synth.per_category" = 4 }
+[[variant]]
+name = "fewshot"
+set = { "fewshot" = { k = 2, memory_bank = 0.5, normal_prompt = 0.5 } }
+[[variant]]
+name = "decoder"
+set = { "head" = { kind = "decoder", queries = 4, layers = 1, heads = 2, dim = 16 }, "refiner" = { kind = "identity" }, "fusion.image_score" = { kind = "cls_text" }, "backbone.attention" = "surgery", "backbone.dense_blocks" = 2, "prompt.normal_state" = ["good", "perfect"], "prompt.learnable_states" = true }
+"#;
+    std::fs::write(dir.path().join("mini_new.toml"), ab).unwrap();
+    let (out, _) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(dir.path().join("mini_new.toml"))
+        .arg("--results")
+        .arg(&results)
+        .args(["--dtype", "bf16"]));
+    assert!(out.contains("4 runs done"), "{out}");
+    let mut refs_by_seed = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(results.join("mini_new/runs")).unwrap() {
+        let d = e.unwrap().path();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("record.json")).unwrap()).unwrap();
+        assert_eq!(r["dtype"], "bf16");
+        assert!(r["metrics"]["mean"]["auroc_px"].as_f64().unwrap() > 0.0);
+        let name = d.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("fewshot") {
+            let refs = r["fewshot_references"].as_object().unwrap();
+            assert_eq!(refs.len(), 5, "one entry per test category");
+            for (cat, list) in refs {
+                let l: Vec<&str> = list
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                assert_eq!(l.len(), 2);
+                assert_ne!(l[0], l[1]);
+                assert!(l.iter().all(|p| p.starts_with(&format!("{cat}/train/"))));
+            }
+            refs_by_seed.insert(r["seed"].as_u64().unwrap(), refs.clone());
+        } else {
+            assert!(r.get("fewshot_references").is_none());
+        }
+    }
+    assert_eq!(refs_by_seed.len(), 2);
+    assert_ne!(
+        refs_by_seed[&0], refs_by_seed[&1],
+        "draws differ between seeds"
+    );
+}

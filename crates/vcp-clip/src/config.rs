@@ -130,8 +130,17 @@ impl ClipConfig {
             "vit_l_14" | "ViT-L-14" => Ok(Self::vit_l_14()),
             "vit_l_14_336" | "ViT-L-14-336" => Ok(Self::vit_l_14_336()),
             "tiny" => Ok(Self::tiny()),
+            // OpenCLIP's LAION/DataComp models of the same architecture use exact GELU.
+            "openclip_vit_b_16" => Ok(Self {
+                activation: Activation::Gelu,
+                ..Self::vit_b_16()
+            }),
+            "openclip_vit_l_14" => Ok(Self {
+                activation: Activation::Gelu,
+                ..Self::vit_l_14()
+            }),
             other => Err(ClipError::Config(format!(
-                "unknown CLIP preset `{other}` (known: vit_b_16, vit_l_14, vit_l_14_336, tiny)"
+                "unknown CLIP preset `{other}` (known: vit_b_16, vit_l_14, vit_l_14_336, openclip_vit_b_16, openclip_vit_l_14, tiny)"
             ))),
         }
     }
@@ -334,8 +343,58 @@ mod tests {
         assert_eq!((c.vision.heads, c.text.heads), (16, 12));
         assert_eq!(c.vision.native_grid(), 24);
         assert!(ClipConfig::preset("nope").is_err());
-        for p in ["vit_b_16", "vit_l_14", "vit_l_14_336", "tiny"] {
+        for p in [
+            "vit_b_16",
+            "vit_l_14",
+            "vit_l_14_336",
+            "openclip_vit_b_16",
+            "openclip_vit_l_14",
+            "tiny",
+        ] {
             ClipConfig::preset(p).unwrap().validate().unwrap();
+        }
+    }
+
+    /// OpenCLIP ViT-B/16 and ViT-L/14 state dicts (224 px) have OpenAI's names and shapes: the
+    /// config inferred from the shapes is the preset's (activation aside: OpenCLIP's own models
+    /// use GELU, which the file cannot tell; `backbone.activation = "gelu"` / `--activation gelu`).
+    #[test]
+    fn openclip_224_shapes_give_the_presets() {
+        for name in ["openclip_vit_b_16", "openclip_vit_l_14"] {
+            let c = ClipConfig::preset(name).unwrap();
+            let (v, t) = (&c.vision, &c.text);
+            let mut m: HashMap<String, Vec<usize>> = HashMap::new();
+            let g = v.image_size / v.patch_size;
+            m.insert(
+                "visual.conv1.weight".into(),
+                vec![v.width, 3, v.patch_size, v.patch_size],
+            );
+            m.insert(
+                "visual.positional_embedding".into(),
+                vec![g * g + 1, v.width],
+            );
+            m.insert("ln_final.weight".into(), vec![t.width]);
+            m.insert("text_projection".into(), vec![t.width, c.embed_dim]);
+            m.insert(
+                "positional_embedding".into(),
+                vec![t.context_length, t.width],
+            );
+            m.insert("token_embedding.weight".into(), vec![t.vocab_size, t.width]);
+            for i in 0..v.layers {
+                let k = format!("visual.transformer.resblocks.{i}");
+                m.insert(format!("{k}.ln_1.weight"), vec![v.width]);
+                m.insert(format!("{k}.mlp.c_fc.weight"), vec![v.mlp_dim, v.width]);
+            }
+            for i in 0..t.layers {
+                let k = format!("transformer.resblocks.{i}");
+                m.insert(format!("{k}.ln_1.weight"), vec![t.width]);
+                m.insert(format!("{k}.mlp.c_fc.weight"), vec![t.mlp_dim, t.width]);
+            }
+            let got = ClipConfig::from_openai_shapes(&m).unwrap();
+            assert_eq!(got.vision, c.vision, "{name}");
+            assert_eq!(got.text, c.text, "{name}");
+            assert_eq!(got.embed_dim, c.embed_dim);
+            assert_eq!(got.vision.image_size, 224);
         }
     }
 

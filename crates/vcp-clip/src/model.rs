@@ -4,8 +4,8 @@ use crate::config::{Activation, ClipConfig};
 use crate::error::Result;
 use crate::text::TextTower;
 use crate::vision::{DensePath, VisionTower};
-use candle_core::DType;
 use crate::weights::ClipWeights;
+use candle_core::DType;
 
 /// Options that are not part of the checkpoint.
 #[derive(Debug, Clone)]

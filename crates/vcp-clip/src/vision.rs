@@ -233,7 +233,9 @@ impl VisionTower {
                     DensePath::Surgery { .. } => {
                         (d + block.attention_only(&x, None, k, Scores::ValueValue)?)?
                     }
-                    DensePath::ClearClip => block.attention_only(&x, None, k, Scores::QueryQuery)?,
+                    DensePath::ClearClip => {
+                        block.attention_only(&x, None, k, Scores::QueryQuery)?
+                    }
                 });
             }
             // CLIP's own stream is still needed for the global embedding (and as the dense
@@ -260,7 +262,11 @@ impl VisionTower {
     /// `ln_post` then the visual projection, for any tokens `[.., W]` → `[.., D]`
     /// (some heads map dense tokens into the joint space this way).
     pub fn post_project(&self, tokens: &Tensor) -> Result<Tensor> {
-        let y = self.project(&self.ln_post.forward(&tokens.to_dtype(self.dtype)?, self.kernels)?)?;
+        let y = self.project(
+            &self
+                .ln_post
+                .forward(&tokens.to_dtype(self.dtype)?, self.kernels)?,
+        )?;
         Ok(y.to_dtype(tokens.dtype())?)
     }
 

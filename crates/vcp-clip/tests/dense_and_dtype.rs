@@ -79,7 +79,12 @@ fn value_value_attention_by_hand() {
         }
         y
     };
-    let v = linear(&g("self_attn.v_proj.weight"), &g("self_attn.v_proj.bias"), &h, width);
+    let v = linear(
+        &g("self_attn.v_proj.weight"),
+        &g("self_attn.v_proj.bias"),
+        &h,
+        width,
+    );
     let mut o = vec![0f64; n * width];
     for hh in 0..heads {
         for a in 0..n {
@@ -95,12 +100,18 @@ fn value_value_attention_by_hand() {
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..hd {
-                o[a * width + hh * hd + d] =
-                    (0..n).map(|bb| e[bb] / z * v[bb * width + hh * hd + d]).sum();
+                o[a * width + hh * hd + d] = (0..n)
+                    .map(|bb| e[bb] / z * v[bb * width + hh * hd + d])
+                    .sum();
             }
         }
     }
-    let want = linear(&g("self_attn.out_proj.weight"), &g("self_attn.out_proj.bias"), &o, width);
+    let want = linear(
+        &g("self_attn.out_proj.weight"),
+        &g("self_attn.out_proj.bias"),
+        &o,
+        width,
+    );
     let got = to_vec(&got);
     let err = got
         .iter()
@@ -131,7 +142,11 @@ fn dense_paths_follow_their_recurrences_and_keep_the_global_embedding() {
         let start = 12 - dense.blocks(); // taps <= start come from CLIP's path
         for (t, x) in &o.layers {
             if *t <= start {
-                assert_eq!(max_abs_diff(x, b.layer(*t).unwrap()), 0.0, "{dense:?} tap {t}");
+                assert_eq!(
+                    max_abs_diff(x, b.layer(*t).unwrap()),
+                    0.0,
+                    "{dense:?} tap {t}"
+                );
             }
         }
         // Recompute the dense taps from CLIP's taps with the block API.
@@ -143,8 +158,9 @@ fn dense_paths_follow_their_recurrences_and_keep_the_global_embedding() {
                 DensePath::ValueValue { .. } => {
                     blk.forward_scores(&d, None, k, Scores::ValueValue).unwrap()
                 }
-                DensePath::Surgery { .. } => (d
-                    + blk.attention_only(&main, None, k, Scores::ValueValue).unwrap())
+                DensePath::Surgery { .. } => (d + blk
+                    .attention_only(&main, None, k, Scores::ValueValue)
+                    .unwrap())
                 .unwrap(),
                 DensePath::ClearClip => blk
                     .attention_only(&main, None, k, Scores::QueryQuery)
@@ -161,7 +177,9 @@ fn dense_paths_follow_their_recurrences_and_keep_the_global_embedding() {
     }
     // Dense paths longer than the tower are refused.
     let mut v = base.vision.clone();
-    assert!(v.set_dense_path(DensePath::ValueValue { blocks: 13 }).is_err());
+    assert!(v
+        .set_dense_path(DensePath::ValueValue { blocks: 13 })
+        .is_err());
     assert!(v.set_dense_path(DensePath::Surgery { blocks: 0 }).is_err());
 }
 

@@ -362,7 +362,7 @@ fn default_decoder_dim() -> usize {
 }
 
 /// Few-shot references: `k` normal images of the target category (its `train` split), drawn
-/// with `seed`; the images used are recorded with the results.
+/// with `seed` mixed with the run's seed; the images used are recorded with the results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FewShotConfig {

@@ -42,7 +42,11 @@ impl References {
             bank.push(l2norm(&patches.reshape((k * n, w))?)?.detach());
             let e = l2norm(&project(i, &patches)?)?; // [k, N, D]
             let d = e.dim(2)?;
-            pooled.push(l2norm(&e.reshape((k * n, d))?.mean_keepdim(0)?)?.squeeze(0)?.detach());
+            pooled.push(
+                l2norm(&e.reshape((k * n, d))?.mean_keepdim(0)?)?
+                    .squeeze(0)?
+                    .detach(),
+            );
         }
         Ok(Self {
             bank,
@@ -82,9 +86,9 @@ impl References {
 /// `k` distinct indices out of `n`, drawn with `seed` mixed with the category name (so each
 /// category gets its own draw, and a seed fixes all of them).
 pub fn select(n: usize, k: usize, seed: u64, category: &str) -> Vec<usize> {
-    let h = category
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let h = category.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     let mut rng = vcp_data::rng::SplitMix64(seed ^ h);
     let mut idx: Vec<usize> = (0..n).collect();
     // Partial Fisher-Yates.

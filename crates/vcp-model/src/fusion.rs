@@ -197,7 +197,9 @@ pub fn finalize(images: &[ImageMaps], cfg: &FusionConfig) -> Finalized {
         .zip(images)
         .map(|(s, im)| match &im.fewshot {
             // Few-shot image score: the memory-bank map's maximum, blended like the maps.
-            Some((w, fs)) => (1.0 - w) * s + w * fs.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
+            Some((w, fs)) => {
+                (1.0 - w) * s + w * fs.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
+            }
             None => s,
         })
         .collect();

@@ -18,6 +18,9 @@ use crate::prompt::TextPrompt;
 use candle_core::{Device, Result, Tensor, Var};
 use vcp_clip::{Clip, ClipOptions, ClipWeights, PromptHook, Tokenizer};
 
+/// Images per frozen-tower forward in [`VcpModel::encode_images`].
+pub const ENCODE_CHUNK: usize = 8;
+
 /// Trainable variables with their names.
 pub type NamedVars = Vec<(String, Var)>;
 
@@ -105,6 +108,8 @@ pub struct Logits {
 
 pub struct VcpModel {
     pub cfg: ModelConfig,
+    /// The seed the trainables were initialised from (also varies few-shot reference draws).
+    pub seed: u64,
     pub clip: Clip,
     pub tokenizer: Tokenizer,
     pub params: Params,
@@ -205,6 +210,7 @@ impl VcpModel {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            seed,
             clip,
             tokenizer,
             params: p,
@@ -228,6 +234,17 @@ impl VcpModel {
     /// # Shapes
     /// `pixels`: [B, 3, S, S].
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Features> {
+        // The frozen tower runs at most ENCODE_CHUNK images at a time: images are independent,
+        // so the result is the same, while the transient attention scores ([b, H, N, N] f32,
+        // 3.8 GB for 32 images of ViT-L at 518 px) stay bounded.
+        let b = pixels.dim(0)?;
+        if b > ENCODE_CHUNK {
+            let parts = (0..b)
+                .step_by(ENCODE_CHUNK)
+                .map(|s| self.encode_images(&pixels.narrow(0, s, ENCODE_CHUNK.min(b - s))?))
+                .collect::<Result<Vec<_>>>()?;
+            return Features::cat(&parts);
+        }
         let out = self
             .clip
             .vision
@@ -301,7 +318,7 @@ impl VcpModel {
         let n = g * g;
         let scale_raw = self.tau_raw.exp()?;
         let tt = text.transpose(1, 2)?; // [B, D, 2]
-        // [B, 1, D] x [B, D, 2] -> [B, 2]
+                                        // [B, 1, D] x [B, D, 2] -> [B, 2]
         let cls = l2norm(&f.global)?
             .unsqueeze(1)?
             .matmul(&tt)?
@@ -338,9 +355,8 @@ impl VcpModel {
                 Some(r) if alpha > 0.0 => {
                     let normal = text.narrow(1, 0, 1)?; // [B, 1, D]
                     let pooled = r.pooled[i].reshape((1, 1, ()))?;
-                    let normal = l2norm(
-                        &((normal * (1.0 - alpha))?.broadcast_add(&(pooled * alpha)?)?),
-                    )?;
+                    let normal =
+                        l2norm(&((normal * (1.0 - alpha))?.broadcast_add(&(pooled * alpha)?)?))?;
                     Tensor::cat(&[&normal, &text.narrow(1, 1, 1)?], 1)?
                 }
                 _ => text.clone(),
@@ -410,7 +426,11 @@ impl VcpModel {
         let mut total = total.expect("at least one map");
         if self.decoder.is_some() {
             // Image-level BCE on the decoder's logit: label = the mask has an anomalous pixel.
-            let label = gt.flatten_from(1)?.max(1)?.gt(0.5)?.to_dtype(candle_core::DType::U32)?;
+            let label = gt
+                .flatten_from(1)?
+                .max(1)?
+                .gt(0.5)?
+                .to_dtype(candle_core::DType::U32)?;
             let bce = candle_nn::loss::cross_entropy(&lg.cls, &label)?;
             terms.push(("image.bce".into(), bce.to_scalar::<f32>()?));
             total = (total + bce)?;
@@ -518,7 +538,9 @@ pub fn validate(cfg: &ModelConfig, w: &ClipWeights) -> Result<()> {
         return bad("fewshot.memory_bank and fewshot.normal_prompt must be in [0, 1]".into());
     }
     if fs.k > 0 && fs.memory_bank == 0.0 && fs.normal_prompt == 0.0 {
-        return bad("fewshot.k > 0 but neither fewshot.memory_bank nor fewshot.normal_prompt is set".into());
+        return bad(
+            "fewshot.k > 0 but neither fewshot.memory_bank nor fewshot.normal_prompt is set".into(),
+        );
     }
     if let HeadConfig::Decoder { .. } = cfg.head {
         if !matches!(cfg.refiner, RefinerConfig::Identity) {

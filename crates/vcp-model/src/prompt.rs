@@ -84,8 +84,7 @@ impl TextPrompt {
                         );
                     }
                     for (wi, word) in words.iter().enumerate() {
-                        let (ids, e) =
-                            ids_of(tok, &template.replace("{state}", word), ctx, dev)?;
+                        let (ids, e) = ids_of(tok, &template.replace("{state}", word), ctx, dev)?;
                         class_pos.push(
                             ids.iter()
                                 .position(|&i| i == vcp_clip::tokenizer::CLASS)
@@ -206,7 +205,11 @@ impl TextPrompt {
                     if let Some((pos, emb)) = &learned[j] {
                         let m = emb.dim(0)?;
                         xj = Tensor::cat(
-                            &[&xj.narrow(0, 0, *pos)?, emb, &xj.narrow(0, pos + m, l - pos - m)?],
+                            &[
+                                &xj.narrow(0, 0, *pos)?,
+                                emb,
+                                &xj.narrow(0, pos + m, l - pos - m)?,
+                            ],
                             0,
                         )?;
                     }

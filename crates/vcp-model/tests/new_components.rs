@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor};
 use vcp_clip::testing::{max_abs, max_abs_diff};
 use vcp_clip::{ClipConfig, ClipWeights};
 use vcp_model::config::{
-    ComputeDtype, DeepPromptConfig, HeadConfig, ModelConfig, PromptConfig,
-    RefinerConfig, StateWords, VisionAttention,
+    ComputeDtype, DeepPromptConfig, HeadConfig, ModelConfig, PromptConfig, RefinerConfig,
+    StateWords, VisionAttention,
 };
 use vcp_model::{presets, VcpModel};
 
@@ -104,10 +104,7 @@ fn decoder_head_shapes_losses_and_gradients() {
             prefixes.extend(["category.", "prompt.", "dtp."]);
         }
         let names: Vec<String> = m.params.vars().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(
-            names.iter().any(|n| n.starts_with("decoder.text_proj")),
-            tq
-        );
+        assert_eq!(names.iter().any(|n| n.starts_with("decoder.text_proj")), tq);
         let prefixes: Vec<&str> = prefixes
             .into_iter()
             .filter(|p| names.iter().any(|n| n.starts_with(p)))
@@ -160,16 +157,28 @@ fn state_word_ensembles_and_learnable_states() {
     println!("ensemble vs normalised mean of single words: {err:.2e}");
     assert!(err < 1e-6);
     // The abnormal state is untouched by the normal synonyms.
-    assert!(max_abs_diff(&both.narrow(1, 1, 1).unwrap(), &good.narrow(1, 1, 1).unwrap()) < 1e-6);
+    assert!(
+        max_abs_diff(
+            &both.narrow(1, 1, 1).unwrap(),
+            &good.narrow(1, 1, 1).unwrap()
+        ) < 1e-6
+    );
     // Learnable states start as the words: same embeddings before training.
-    let cfg = with_states(StateWords::Many(vec!["good".into(), "flawless".into()]), true);
+    let cfg = with_states(
+        StateWords::Many(vec!["good".into(), "flawless".into()]),
+        true,
+    );
     let fixed = text(&with_states(
         StateWords::Many(vec!["good".into(), "flawless".into()]),
         false,
     ));
     let m = VcpModel::new(&cfg, &w, 5, &dev).unwrap();
     let names: Vec<String> = m.params.vars().into_iter().map(|(n, _)| n).collect();
-    for n in ["prompt.state_normal.0", "prompt.state_normal.1", "prompt.state_abnormal.0"] {
+    for n in [
+        "prompt.state_normal.0",
+        "prompt.state_normal.1",
+        "prompt.state_abnormal.0",
+    ] {
         assert!(names.contains(&n.to_string()), "{n} missing in {names:?}");
     }
     let f = m.encode_images(&x).unwrap();
@@ -197,7 +206,10 @@ fn reference_conditioned_normal_prompt() {
     let m = VcpModel::new(&cfg, &w, 2, &dev).unwrap();
     let (refs_px, _) = batch(2);
     let refs = m
-        .references(&m.encode_images(&refs_px).unwrap(), vec!["a".into(), "b".into()])
+        .references(
+            &m.encode_images(&refs_px).unwrap(),
+            vec!["a".into(), "b".into()],
+        )
         .unwrap();
     let f = m.encode_images(&x).unwrap();
     let zs = m.logits(&f, "x", false, false).unwrap();
@@ -210,7 +222,13 @@ fn reference_conditioned_normal_prompt() {
         assert!(max_abs_diff(&a, &fs.raw[i].narrow(1, 1, 1).unwrap()) < 1e-6);
         // Normal channel = scale * cos(projected patch, pooled references of this layer).
         let pooled = &refs.pooled[i];
-        let norm = pooled.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let norm = pooled
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((norm - 1.0).abs() < 1e-5);
         let proj = &fs.trace.as_ref().unwrap().raw_linear[i]; // [B, N, D]
         let want = (l2(proj)
@@ -259,7 +277,9 @@ fn dense_backbone_in_the_model_and_its_errors() {
     assert_eq!(max_abs_diff(&a.layers[1], &b.layers[1]), 0.0);
     assert!(max_abs_diff(&a.layers[3], &b.layers[3]) > 1e-2);
     assert_eq!(max_abs_diff(&a.global, &b.global), 0.0);
-    let (loss, _) = m.loss(&m.logits(&a, "x", true, false).unwrap(), &gt).unwrap();
+    let (loss, _) = m
+        .loss(&m.logits(&a, "x", true, false).unwrap(), &gt)
+        .unwrap();
     assert_grads(&m, &loss, &["head.", "post_vcp."]);
     // Round trip of the config through TOML keeps the new keys.
     let toml = toml::to_string(&cfg).unwrap();
@@ -272,7 +292,8 @@ fn dense_backbone_in_the_model_and_its_errors() {
 #[test]
 fn mixed_precision_model_matches_f32() {
     let dev = Device::Cpu;
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/official-dev");
+    let dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/official-dev");
     let w = ClipWeights::load(dir.join("clip_openai.safetensors"), &dev).unwrap();
     let mut bb = presets::vit_l_14_336_at_518("");
     bb.image_size = 80;
@@ -323,7 +344,11 @@ fn mixed_precision_model_matches_f32() {
     ] {
         let (t, p, l, g) = run(dt);
         let et = max_abs_diff(&t, &t32);
-        let ep = p.iter().zip(&p32).map(|(a, b)| max_abs_diff(a, b)).fold(0f32, f32::max);
+        let ep = p
+            .iter()
+            .zip(&p32)
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0f32, f32::max);
         let el = (l - l32).abs() / l32.abs();
         // Relative to each gradient's scale; gradients that are mathematically zero in f32
         // (Pre-VCP conv bias, Post-VCP key bias: |g| < 1e-5) are compared in absolute terms.

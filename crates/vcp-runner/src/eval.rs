@@ -174,7 +174,10 @@ fn references(
             normal.len()
         );
     }
-    let pick = vcp_model::fewshot::select(normal.len(), fs.k, fs.seed, cls);
+    // The draw depends on `fewshot.seed` and on the run's seed, so the spread over seeds includes
+    // the choice of references (as in WinCLIP's few-shot protocol).
+    let seed = fs.seed ^ model.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let pick = vcp_model::fewshot::select(normal.len(), fs.k, seed, cls);
     let recs: Vec<_> = pick.iter().map(|&i| normal[i].clone()).collect();
     let size = model.cfg.backbone.image_size;
     let mut feats = Vec::new();

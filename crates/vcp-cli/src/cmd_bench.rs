@@ -1,0 +1,177 @@
+//! `vcp bench`: throughput of the backbone, full VCP-CLIP inference and one training step on
+//! random weights of a preset, on any device and dtype; one JSON line per measurement (what
+//! `tools/bench_gpu.sh` collects into results/bench/gpu.md). Peak memory is measured outside
+//! (nvidia-smi on a GPU, peak RSS on the CPU, also printed here).
+
+use crate::common::device;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::Optimizer;
+use vcp_clip::{ClipConfig, ClipWeights};
+use vcp_model::{presets, VcpModel};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// CLIP preset with random weights (vit_l_14_336, vit_b_16, tiny, ...).
+    #[arg(long, default_value = "vit_l_14_336")]
+    preset: String,
+    /// Input size (518 in VCP-CLIP).
+    #[arg(long, default_value_t = 518)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
+    dtype: String,
+    #[arg(long)]
+    device: Option<String>,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Comma-separated: backbone, infer, train.
+    #[arg(long, default_value = "backbone,infer,train")]
+    what: String,
+    /// Images per backward pass in the training step (default: the whole batch).
+    #[arg(long)]
+    loss_chunk: Option<usize>,
+}
+
+fn sync(dev: &Device) -> Result<()> {
+    Ok(dev.synchronize()?)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let dev = device(a.device.as_deref())?;
+    let cfg = ClipConfig::preset(&a.preset)?;
+    let mut bb = presets::vit_l_14_336_at_518("");
+    bb.preset = a.preset.clone();
+    bb.image_size = a.size;
+    let d = cfg.vision.layers;
+    bb.taps = (1..=4).map(|q| d * q / 4).collect();
+    bb.dtype = a.dtype.parse().map_err(anyhow::Error::msg)?;
+    let w = ClipWeights::random(&cfg, 0, &dev)?;
+    let mut mc = presets::vcp_clip(bb, cfg.text.layers);
+    if let vcp_model::config::DeepPromptConfig::Dtp { dropout, .. } = &mut mc.deep_prompt {
+        *dropout = 0.0;
+    }
+    let model = VcpModel::new(&mc, &w, 0, &dev).map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(w);
+    let b = a.batch;
+    let s = a.size;
+    let px = Tensor::randn(0f32, 1.0, (b, 3, s, s), &dev)?;
+    let gt = Tensor::rand(0f32, 1.0, (b, s, s), &dev)?
+        .ge(0.97)?
+        .to_dtype(DType::F32)?;
+    let emit = |what: &str, secs: f64| {
+        let ms = secs * 1000.0 / a.iters as f64;
+        println!(
+            "{}",
+            serde_json::json!({
+                "what": what, "preset": a.preset, "size": s, "batch": b, "dtype": a.dtype,
+                "device": format!("{:?}", dev), "iters": a.iters,
+                "ms_per_batch": (ms * 100.0).round() / 100.0,
+                "img_per_s": ((b as f64 / (ms / 1000.0)) * 100.0).round() / 100.0,
+                "loss_chunk": a.loss_chunk,
+                "peak_rss_mib": vcp_runner::train::peak_rss_mib(),
+            })
+        );
+    };
+    for what in a.what.split(',').map(str::trim) {
+        match what {
+            "backbone" => {
+                let f = || -> Result<()> {
+                    let f = model.encode_images(&px)?;
+                    f.global.to_device(&Device::Cpu)?;
+                    Ok(())
+                };
+                f()?;
+                sync(&dev)?;
+                let t = std::time::Instant::now();
+                for _ in 0..a.iters {
+                    f()?;
+                }
+                sync(&dev)?;
+                emit("backbone", t.elapsed().as_secs_f64());
+            }
+            "infer" => {
+                // Backbone, text with Pre-VCP/DTP, both branches, maps at full size.
+                let f = || -> Result<()> {
+                    let feats = model.encode_images(&px)?;
+                    let lg = model.logits(&feats, "object", false, false)?;
+                    let maps = model.image_maps(&lg, s)?;
+                    std::hint::black_box(maps);
+                    Ok(())
+                };
+                f()?;
+                sync(&dev)?;
+                let t = std::time::Instant::now();
+                for _ in 0..a.iters {
+                    f()?;
+                }
+                sync(&dev)?;
+                emit("infer", t.elapsed().as_secs_f64());
+            }
+            "train" => {
+                let vars: Vec<_> = model.params.vars().into_iter().map(|(_, v)| v).collect();
+                let mut opt = candle_nn::AdamW::new(
+                    vars.clone(),
+                    candle_nn::ParamsAdamW {
+                        lr: 4e-5,
+                        beta1: 0.5,
+                        beta2: 0.999,
+                        weight_decay: 0.0,
+                        ..Default::default()
+                    },
+                )?;
+                let chunk = a.loss_chunk.unwrap_or(b).max(1);
+                let mut step = || -> Result<f32> {
+                    let feats = model.encode_images(&px)?;
+                    let mut grads: Option<candle_core::backprop::GradStore> = None;
+                    let mut total = 0f32;
+                    for start in (0..b).step_by(chunk) {
+                        let idx: Vec<usize> = (start..(start + chunk).min(b)).collect();
+                        let ids = Tensor::from_vec(
+                            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                            idx.len(),
+                            &dev,
+                        )?;
+                        let lg = model.logits(&feats.select(&idx)?, "object", true, false)?;
+                        let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
+                        let l = (l * (idx.len() as f64 / b as f64))?;
+                        total += l.to_scalar::<f32>()?;
+                        let g = l.backward()?;
+                        grads = Some(match grads {
+                            None => g,
+                            Some(mut acc) => {
+                                for v in &vars {
+                                    if let Some(gv) = g.get(v.as_tensor()) {
+                                        let s = match acc.get(v.as_tensor()) {
+                                            Some(x) => (x + gv)?,
+                                            None => gv.clone(),
+                                        };
+                                        acc.insert(v.as_tensor(), s);
+                                    }
+                                }
+                                acc
+                            }
+                        });
+                    }
+                    opt.step(&grads.context("empty batch")?)?;
+                    Ok(total)
+                };
+                let l0 = step()?;
+                if !l0.is_finite() {
+                    bail!("training step gave loss {l0}");
+                }
+                sync(&dev)?;
+                let t = std::time::Instant::now();
+                for _ in 0..a.iters {
+                    step()?;
+                }
+                sync(&dev)?;
+                emit("train", t.elapsed().as_secs_f64());
+            }
+            other => bail!("--what `{other}`: expected backbone, infer or train"),
+        }
+    }
+    Ok(())
+}

@@ -1,7 +1,9 @@
 """CPU speed of the vision tower: transformers CLIPVisionModel (PyTorch eager) vs `vcp features`, same random
 ViT-B/16 weights, same input, same number of threads. Writes results/bench/clip_cpu.md.
 
-python tools/bench_clip_cpu.py [--threads 2 1] [--iters 10] [--vcp target/release/vcp]
+python tools/bench_clip_cpu.py [--threads 2 1] [--dtypes f32 bf16] [--iters 10] [--vcp target/release/vcp]
+
+bf16: PyTorch runs the whole tower in bf16 (`.to(torch.bfloat16)`); vcp with `--dtype bf16` (LayerNorm/softmax in f32).
 """
 import argparse
 import datetime
@@ -22,6 +24,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--dtypes", nargs="+", default=["f32"], choices=["f32", "bf16"])
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     ap.add_argument("--vcp", default="target/release/vcp")
     ap.add_argument("--out", default="results/bench/clip_cpu.md")
@@ -38,10 +41,12 @@ def main():
     CLIPModel(cfg).eval().save_pretrained(tmp)  # random ViT-B/16 in HF format
     img = os.path.join(tmp, "img.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(img)
-    vision = CLIPVisionModel.from_pretrained(tmp).eval()
-    x = torch.randn(1, 3, 224, 224)
+    vision32 = CLIPVisionModel.from_pretrained(tmp).eval()
     rows = []
-    for t in a.threads:
+    for t, dt in [(t, d) for d in a.dtypes for t in a.threads]:
+        tdt = {"f32": torch.float32, "bf16": torch.bfloat16}[dt]
+        vision = vision32.to(tdt)
+        x = torch.randn(1, 3, 224, 224).to(tdt)
         torch.set_num_threads(t)
         torch_runs, rust_runs = [], []
         for _ in range(a.rounds):  # alternate so that machine noise hits both alike
@@ -55,27 +60,29 @@ def main():
             time.sleep(1.0)  # let PyTorch's OpenMP workers go idle before timing the other side
             env = dict(os.environ, RAYON_NUM_THREADS=str(t))
             out = subprocess.run([a.vcp, "features", "--clip", tmp, "--image", img, "--layers", "3,6,9,12",
-                                  "--out", os.path.join(tmp, "f.safetensors"), "--bench-iters", str(a.iters)],
+                                  "--out", os.path.join(tmp, "f.safetensors"), "--bench-iters", str(a.iters),
+                                  "--dtype", dt],
                                  env=env, capture_output=True, text=True, check=True)
             rust_runs.append(json.loads(out.stdout.strip().splitlines()[-1])["forward_ms"])
             time.sleep(1.0)
         torch_ms, rust_ms = float(np.median(torch_runs)), float(np.median(rust_runs))
-        print(f"threads {t}: torch runs {[round(v) for v in torch_runs]}, vcp runs {[round(v) for v in rust_runs]}")
-        rows.append((t, torch_ms, rust_ms))
-        print(f"threads {t}: torch {torch_ms:.1f} ms, vcp {rust_ms:.1f} ms, torch/vcp = {torch_ms / rust_ms:.2f}")
+        print(f"{dt} threads {t}: torch runs {[round(v) for v in torch_runs]}, vcp runs {[round(v) for v in rust_runs]}")
+        rows.append((dt, t, torch_ms, rust_ms))
+        print(f"{dt} threads {t}: torch {torch_ms:.1f} ms, vcp {rust_ms:.1f} ms, torch/vcp = {torch_ms / rust_ms:.2f}")
     lines = [
         "# CPU vision forward: candle (vcp) vs PyTorch eager",
         "",
         f"Date: {datetime.date.today()}; machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores; torch {torch.__version__}; transformers {__import__('transformers').__version__}.",
-        f"Command: `python tools/bench_clip_cpu.py --iters {a.iters}` (random ViT-B/16, 224 px, batch 1, f32, "
+        f"Command: `python tools/bench_clip_cpu.py --iters {a.iters} --dtypes {' '.join(a.dtypes)}` "
+        "(random ViT-B/16, 224 px, batch 1, "
         "hidden states of every block; vcp taps 3,6,9,12 + global; mean over iterations after warm-up, "
         f"model load excluded; median of {a.rounds} alternating rounds).",
         "",
-        "| threads | PyTorch eager (ms/img) | vcp / candle (ms/img) | speed-up (PyTorch / vcp) |",
-        "|--:|--:|--:|--:|",
+        "| dtype | threads | PyTorch eager (ms/img) | vcp / candle (ms/img) | speed-up (PyTorch / vcp) |",
+        "|:--|--:|--:|--:|--:|",
     ]
-    lines += [f"| {t} | {p:.1f} | {r:.1f} | {p / r:.2f}x |" for t, p, r in rows]
+    lines += [f"| {d} | {t} | {p:.1f} | {r:.1f} | {p / r:.2f}x |" for d, t, p, r in rows]
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     open(a.out, "w").write("\n".join(lines) + "\n")
     print("wrote", a.out)

@@ -249,9 +249,14 @@ impl VisionTower {
         // Keep the caller's tap order.
         layers.sort_by_key(|(i, _)| taps.iter().position(|t| t == i));
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?; // [B, W]
-        let global = self
-            .project(&self.ln_post.forward_f32(&cls, k)?.to_dtype(self.dtype)?)?
-            .to_dtype(DType::F32)?;
+                                                  // The projection as a per-row product-and-sum rather than a matmul: gemm's kernels (and
+                                                  // so the last bits) depend on the number of rows, and the global embedding of an image
+                                                  // must not depend on which other images share its batch (cached features, Pre-VCP).
+        let cls = self.ln_post.forward_f32(&cls, k)?; // [B, W], f32
+        let global = cls
+            .unsqueeze(1)?
+            .broadcast_mul(&self.proj.to_dtype(DType::F32)?.unsqueeze(0)?)? // [B, D, W]
+            .sum(2)?; // [B, D]
         Ok(VisionOutput {
             layers,
             global,

@@ -88,7 +88,7 @@ fn presets_build_and_give_maps() {
         ("anomaly_clip", presets::anomaly_clip(bb.clone(), 4)),
     ];
     all.extend(presets::component_ablation(bb, 4));
-    let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
+    let x = vcp_clip::testing::seeded_randn(3, &[2, 3, 64, 64], &Device::Cpu);
     for (name, cfg) in all {
         let m = VcpModel::new(&cfg, &w, 1, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
         let f = m.encode_images(&x).unwrap();

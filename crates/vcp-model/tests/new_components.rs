@@ -24,7 +24,7 @@ fn base() -> ModelConfig {
 
 fn batch(b: usize) -> (Tensor, Tensor) {
     let dev = Device::Cpu;
-    let x = Tensor::randn(0f32, 1.0, (b, 3, 64, 64), &dev).unwrap();
+    let x = vcp_clip::testing::seeded_randn(b as u64, &[b, 3, 64, 64], &dev);
     // Image 0 normal, the others with a square defect.
     let mut gt = vec![0f32; b * 64 * 64];
     for i in 1..b {
@@ -376,4 +376,33 @@ fn mixed_precision_model_matches_f32() {
         assert_eq!(g.len(), g32.len());
         assert!(eg < tol_g, "{dt:?}: gradients far from f32 ({eg})");
     }
+}
+
+/// An image's frozen features do not depend on the other images of its batch (the feature cache
+/// fills entries from whatever batch first needs an image, so this keeps runs reproducible).
+#[test]
+fn features_do_not_depend_on_the_batch() {
+    let w = weights();
+    let m = VcpModel::new(&base(), &w, 0, &Device::Cpu).unwrap();
+    let (x, _) = batch(5);
+    let all = m.encode_images(&x).unwrap();
+    let one = m.encode_images(&x.narrow(0, 2, 1).unwrap()).unwrap();
+    let three = m.encode_images(&x.narrow(0, 1, 3).unwrap()).unwrap();
+    for i in 0..4 {
+        let a = all.layers[i].narrow(0, 2, 1).unwrap();
+        assert_eq!(
+            max_abs_diff(&a, &one.layers[i]),
+            0.0,
+            "tap {i}: batch 5 vs 1"
+        );
+        assert_eq!(
+            max_abs_diff(&a, &three.layers[i].narrow(0, 1, 1).unwrap()),
+            0.0,
+            "tap {i}: batch 5 vs 3"
+        );
+    }
+    assert_eq!(
+        max_abs_diff(&all.global.narrow(0, 2, 1).unwrap(), &one.global),
+        0.0
+    );
 }

@@ -17,6 +17,10 @@ cd "$(dirname "$0")/.."
 BIN=${1:-target-cuda/vcp-cuda}
 OUT=${2:-results/bench/gpu.md}
 PY=${PYTHON:-python3}
+BUDGET=${BUDGET_S:-420}   # stop starting new measurements after this many seconds (8-minute script)
+if [ ! -x "$BIN" ] && [ -f "$BIN.gz" ]; then
+  gunzip -c "$BIN.gz" > /tmp/vcp-cuda && chmod +x /tmp/vcp-cuda && BIN=/tmp/vcp-cuda
+fi
 if [ -z "${LD_LIBRARY_PATH:-}" ] || ! ls ${LD_LIBRARY_PATH//:/ } 2>/dev/null | grep -q libcublas.so.13; then
   CU=$("$PY" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))' 2>/dev/null || true)
   [ -n "$CU" ] && export LD_LIBRARY_PATH="$CU${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -25,12 +29,18 @@ TMP=$(mktemp -d)
 GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 base_mem=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
 
+T0=$(date +%s)
+"$BIN" --version > /dev/null 2>&1 || { echo "cannot run $BIN (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):"; "$BIN" --version; }
+
 # Run one measurement in its own process while sampling GPU memory; append its JSON + peak MiB.
 measure() {
   local tag=$1; shift
+  if [ $(( $(date +%s) - T0 )) -gt "$BUDGET" ]; then
+    echo "$tag|124|0|{\"error\": \"skipped: time budget of ${BUDGET} s spent\"}" >> "$TMP/all"; return
+  fi
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > "$TMP/mem_$tag" 2>/dev/null &
   local smi=$!
-  timeout 150 "$@" > "$TMP/out_$tag" 2> "$TMP/err_$tag"
+  timeout 90 "$@" > "$TMP/out_$tag" 2> "$TMP/err_$tag"
   local rc=$?
   kill $smi 2>/dev/null; wait $smi 2>/dev/null
   local peak=$(sort -n "$TMP/mem_$tag" | tail -1)
@@ -42,7 +52,6 @@ measure() {
   echo "$tag rc=$rc peak=${used} MiB: $(cat "$TMP/out_$tag" | tr '\n' ' ')"
 }
 
-T0=$(date +%s)
 for dt in f32 bf16; do
   for b in 1 32; do
     measure "ours_${dt}_b${b}" "$BIN" bench --device cuda --preset vit_l_14_336 --size 518 --batch $b --dtype $dt --iters 5 --what backbone,infer

@@ -150,6 +150,25 @@ pub fn evaluate(
     Ok(out)
 }
 
+/// Every test category has at least `k` normal images in the `train` split (few-shot references).
+pub fn check_references(meta: &Meta, k: usize) -> Result<()> {
+    for (cls, _) in &meta.test.0 {
+        let n = meta
+            .train
+            .0
+            .iter()
+            .find(|(c, _)| c == cls)
+            .map(|(_, r)| r.iter().filter(|r| r.anomaly == 0).count())
+            .unwrap_or(0);
+        if n < k {
+            anyhow::bail!(
+                "fewshot.k = {k}: category {cls} has {n} normal images in the dataset's train split"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Draw `fewshot.k` normal images of `cls` from the dataset's `train` split and encode them.
 fn references(
     model: &VcpModel,

@@ -44,6 +44,15 @@ pub struct Args {
     /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
     #[arg(long, value_parser = ["f32", "bf16", "f16"])]
     dtype: Option<String>,
+    /// Few-shot: a folder of normal images of the same object (all are used as references).
+    #[arg(long)]
+    refs: Option<PathBuf>,
+    /// With --refs: weight of the patch memory-bank map in the final map (0 = off).
+    #[arg(long, default_value_t = 0.5)]
+    memory_bank: f64,
+    /// With --refs: move the normal text embedding towards the references (0 = off, 1 = replace).
+    #[arg(long, default_value_t = 0.0)]
+    normal_prompt: f64,
 }
 
 /// The experiment to run: --config, else the config stored in our checkpoint, else (official
@@ -79,6 +88,10 @@ fn list_images(a: &Args) -> Result<Vec<PathBuf>> {
         .images
         .as_ref()
         .context("give --image FILE or --images DIR")?;
+    images_in(dir)
+}
+
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -174,6 +187,15 @@ pub fn run(a: Args) -> Result<()> {
         exp.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
     }
     exp.fusion.normalize = Normalize::None;
+    let ref_paths = match &a.refs {
+        Some(d) => {
+            exp.fewshot.k = 1; // marks few-shot on; the references are all images of the folder
+            exp.fewshot.memory_bank = a.memory_bank;
+            exp.fewshot.normal_prompt = a.normal_prompt;
+            images_in(d)?
+        }
+        None => vec![],
+    };
     let images = list_images(&a)?;
     let dev = device(a.device.as_deref())?;
     let w = backbone_weights(&exp.backbone, &dev)?;
@@ -182,22 +204,45 @@ pub fn run(a: Args) -> Result<()> {
     vcp_model::checkpoint::load_into(&model, &a.checkpoint)?;
     let size = exp.backbone.image_size;
     // Decode everything first: an unreadable image must not leave a partial result folder.
-    let decoded: Vec<(PathBuf, Vec<u8>)> = images
-        .iter()
-        .map(|p| {
-            let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
-            Ok((
-                p.clone(),
-                vcp_data::resample::resize_u8_pil(
-                    &rgb,
-                    3,
-                    (ih, iw),
-                    (size, size),
-                    vcp_data::resample::Filter::Bicubic,
-                ),
-            ))
-        })
-        .collect::<Result<_>>()?;
+    let decode = |paths: &[PathBuf]| -> Result<Vec<(PathBuf, Vec<u8>)>> {
+        paths
+            .iter()
+            .map(|p| {
+                let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
+                Ok((
+                    p.clone(),
+                    vcp_data::resample::resize_u8_pil(
+                        &rgb,
+                        3,
+                        (ih, iw),
+                        (size, size),
+                        vcp_data::resample::Filter::Bicubic,
+                    ),
+                ))
+            })
+            .collect()
+    };
+    let decoded = decode(&images)?;
+    let refs = if ref_paths.is_empty() {
+        None
+    } else {
+        let mut feats = Vec::new();
+        for (_, rgb) in decode(&ref_paths)? {
+            let x = candle_core::Tensor::from_vec(
+                vcp_data::dataset::normalize_rgb(&rgb, size),
+                (1, 3, size, size),
+                &dev,
+            )?;
+            feats.push(model.encode_images(&x)?);
+        }
+        eprintln!(
+            "few-shot: {} reference image(s) from {}",
+            ref_paths.len(),
+            a.refs.as_ref().unwrap().display()
+        );
+        let names = ref_paths.iter().map(|p| p.display().to_string()).collect();
+        Some(model.references(&vcp_model::Features::cat(&feats)?, names)?)
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let pb = crate::cmd_eval::bar(images.len() as u64, "images");
     let mut scores = BTreeMap::new();
@@ -208,8 +253,12 @@ pub fn run(a: Args) -> Result<()> {
             &dev,
         )?;
         let feats = model.encode_images(&x)?;
-        let lg = model.logits(&feats, "object", false, false)?;
-        let maps = model.image_maps(&lg, size)?;
+        let lg = model.logits_with(&feats, "object", false, false, refs.as_ref())?;
+        let mut maps = model.image_maps(&lg, size)?;
+        if let Some(r) = refs.as_ref().filter(|_| a.memory_bank > 0.0) {
+            let bank = r.memory_bank_maps(&feats, size, exp.fusion.upsample)?;
+            maps[0].fewshot = Some((a.memory_bank as f32, bank.flatten_all()?.to_vec1::<f32>()?));
+        }
         let fin = finalize(&maps, &exp.fusion);
         let stem = p.file_stem().unwrap().to_string_lossy().to_string();
         let arr = vcp_data::npy::Array2 {

@@ -196,6 +196,73 @@ fn predict_official_checkpoint_reproduces_official_maps() {
     assert_eq!((w, h), (240, 80));
 }
 
+/// Few-shot on one's own images: with the test image itself as the only reference, every patch
+/// is in the memory bank (anomaly 0), so the final map is exactly (1 - w) times the zero-shot map
+/// (smoothing is linear) and the score (1 - w) times the zero-shot score.
+#[test]
+fn predict_with_references_blends_the_memory_bank() {
+    let dir = tempfile::tempdir().unwrap();
+    let refs = dir.path().join("refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::copy(official().join("img1.png"), refs.join("normal.png")).unwrap();
+    let run = |out: &Path, with_refs: bool| {
+        let mut c = vcp();
+        c.args(["predict", "--checkpoint"])
+            .arg(official().join("vcp_trainables.pth"))
+            .arg("--clip")
+            .arg(official().join("clip_openai.safetensors"))
+            .args([
+                "--size",
+                "80",
+                "--layers",
+                "3,6,9,12",
+                "--activation",
+                "gelu",
+            ])
+            .arg("--image")
+            .arg(official().join("img1.png"))
+            .arg("--out")
+            .arg(out);
+        if with_refs {
+            c.arg("--refs").arg(&refs).args(["--memory-bank", "0.25"]);
+        }
+        ok(&mut c);
+        let map = vcp_data::npy::read_f32_2d(&out.join("img1.npy"))
+            .unwrap()
+            .data;
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("scores.json")).unwrap())
+                .unwrap();
+        (map, s["img1"]["score"].as_f64().unwrap())
+    };
+    let (zs, s0) = run(&dir.path().join("zs"), false);
+    let (fs, s1) = run(&dir.path().join("fs"), true);
+    let err = zs
+        .iter()
+        .zip(&fs)
+        .map(|(a, b)| (0.75 * a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-5, "map: {err}");
+    assert!((0.75 * s0 - s1).abs() < 1e-5, "score {s1} vs 0.75 x {s0}");
+    // No references in the folder: a one-line error naming it.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails_with(
+        vcp()
+            .args(["predict", "--checkpoint"])
+            .arg(official().join("vcp_trainables.pth"))
+            .arg("--clip")
+            .arg(official().join("clip_openai.safetensors"))
+            .arg("--image")
+            .arg(official().join("img1.png"))
+            .arg("--refs")
+            .arg(&empty)
+            .arg("--out")
+            .arg(dir.path().join("x")),
+        "no images",
+    );
+}
+
 #[test]
 fn bad_config_and_checkpoint_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,8 +35,16 @@ pub struct Args {
     loss_chunk: Option<usize>,
 }
 
-fn sync(dev: &Device) -> Result<()> {
-    Ok(dev.synchronize()?)
+/// Seconds for `iters` calls of `f` after one warm-up call, the device synchronised around them.
+fn timed(dev: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let t = std::time::Instant::now();
+    for _ in 0..iters {
+        f()?;
+    }
+    dev.synchronize()?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -78,37 +86,21 @@ pub fn run(a: Args) -> Result<()> {
     for what in a.what.split(',').map(str::trim) {
         match what {
             "backbone" => {
-                let f = || -> Result<()> {
-                    let f = model.encode_images(&px)?;
-                    f.global.to_device(&Device::Cpu)?;
+                let secs = timed(&dev, a.iters, || {
+                    model.encode_images(&px)?.global.to_device(&Device::Cpu)?;
                     Ok(())
-                };
-                f()?;
-                sync(&dev)?;
-                let t = std::time::Instant::now();
-                for _ in 0..a.iters {
-                    f()?;
-                }
-                sync(&dev)?;
-                emit("backbone", t.elapsed().as_secs_f64());
+                })?;
+                emit("backbone", secs);
             }
             "infer" => {
                 // Backbone, text with Pre-VCP/DTP, both branches, maps at full size.
-                let f = || -> Result<()> {
+                let secs = timed(&dev, a.iters, || {
                     let feats = model.encode_images(&px)?;
                     let lg = model.logits(&feats, "object", false, false)?;
-                    let maps = model.image_maps(&lg, s)?;
-                    std::hint::black_box(maps);
+                    std::hint::black_box(model.image_maps(&lg, s)?);
                     Ok(())
-                };
-                f()?;
-                sync(&dev)?;
-                let t = std::time::Instant::now();
-                for _ in 0..a.iters {
-                    f()?;
-                }
-                sync(&dev)?;
-                emit("infer", t.elapsed().as_secs_f64());
+                })?;
+                emit("infer", secs);
             }
             "train" => {
                 let vars: Vec<_> = model.params.vars().into_iter().map(|(_, v)| v).collect();
@@ -138,37 +130,19 @@ pub fn run(a: Args) -> Result<()> {
                         let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
                         let l = (l * (idx.len() as f64 / b as f64))?;
                         total += l.to_scalar::<f32>()?;
-                        let g = l.backward()?;
-                        grads = Some(match grads {
-                            None => g,
-                            Some(mut acc) => {
-                                for v in &vars {
-                                    if let Some(gv) = g.get(v.as_tensor()) {
-                                        let s = match acc.get(v.as_tensor()) {
-                                            Some(x) => (x + gv)?,
-                                            None => gv.clone(),
-                                        };
-                                        acc.insert(v.as_tensor(), s);
-                                    }
-                                }
-                                acc
-                            }
-                        });
+                        grads = Some(vcp_runner::train::accumulate(grads, l.backward()?, &vars)?);
                     }
                     opt.step(&grads.context("empty batch")?)?;
                     Ok(total)
                 };
-                let l0 = step()?;
-                if !l0.is_finite() {
-                    bail!("training step gave loss {l0}");
-                }
-                sync(&dev)?;
-                let t = std::time::Instant::now();
-                for _ in 0..a.iters {
-                    step()?;
-                }
-                sync(&dev)?;
-                emit("train", t.elapsed().as_secs_f64());
+                let secs = timed(&dev, a.iters, || {
+                    let l = step()?;
+                    if !l.is_finite() {
+                        bail!("training step gave loss {l}");
+                    }
+                    Ok(())
+                })?;
+                emit("train", secs);
             }
             other => bail!("--what `{other}`: expected backbone, infer or train"),
         }

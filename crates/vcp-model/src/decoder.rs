@@ -16,20 +16,10 @@
 //! text-patch logits, so the fusion, losses and metrics are shared with every other head.
 
 use crate::params::Params;
-use crate::post_vcp::l2norm;
+use crate::post_vcp::{l2norm, lin};
 use candle_core::{Result, Tensor, D};
 
 type Lin = (Tensor, Tensor); // weight [out, in], bias [out]
-
-fn lin(x: &Tensor, (w, b): &Lin) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let n = *dims.last().unwrap();
-    let rows = x.elem_count() / n;
-    let y = x.reshape((rows, n))?.matmul(&w.t()?)?.broadcast_add(b)?;
-    let mut od = dims;
-    *od.last_mut().unwrap() = w.dim(0)?;
-    y.reshape(od)
-}
 
 fn layer_norm(x: &Tensor, (g, b): &Lin) -> Result<Tensor> {
     // The generic op: it has a backward (candle's fused layer_norm has none).

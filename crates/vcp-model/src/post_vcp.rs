@@ -19,7 +19,8 @@ pub struct PostVcp {
     scaled: bool,
 }
 
-fn lin(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
+/// `x W^T + b` over the last dimension of `x` (any rank); `(W [out, in], b [out])`.
+pub fn lin(x: &Tensor, (w, b): &(Tensor, Tensor)) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let n = *dims.last().unwrap();
     let rows = x.elem_count() / n;

@@ -13,6 +13,25 @@ use vcp_model::config::{PromptConfig, TrainConfig};
 use vcp_model::VcpModel;
 
 /// Peak resident memory of this process (Linux), in MiB.
+/// Sum the gradients of `vars` from another backward pass (loss chunks) into `acc`.
+pub fn accumulate(
+    acc: Option<candle_core::backprop::GradStore>,
+    g: candle_core::backprop::GradStore,
+    vars: &[candle_core::Var],
+) -> candle_core::Result<candle_core::backprop::GradStore> {
+    let Some(mut acc) = acc else { return Ok(g) };
+    for var in vars {
+        if let Some(gv) = g.get(var.as_tensor()) {
+            let s = match acc.get(var.as_tensor()) {
+                Some(a) => (a + gv)?,
+                None => gv.clone(),
+            };
+            acc.insert(var.as_tensor(), s);
+        }
+    }
+    Ok(acc)
+}
+
 pub fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -244,21 +263,8 @@ pub fn train(
                     }
                     v += lv;
                     let g = l.backward()?;
-                    grads = Some(match grads {
-                        None => g,
-                        Some(mut acc) => {
-                            for (_, var) in &all_vars {
-                                if let Some(gv) = g.get(var.as_tensor()) {
-                                    let s = match acc.get(var.as_tensor()) {
-                                        Some(a) => (a + gv)?,
-                                        None => gv.clone(),
-                                    };
-                                    acc.insert(var.as_tensor(), s);
-                                }
-                            }
-                            acc
-                        }
-                    });
+                    let vars: Vec<_> = all_vars.iter().map(|(_, v)| v.clone()).collect();
+                    grads = Some(accumulate(grads, g, &vars)?);
                 }
             }
             let grads = grads.expect("a non-empty batch");

@@ -18,6 +18,8 @@ BIN=${1:-target-cuda/vcp-cuda}
 OUT=${2:-results/bench/gpu.md}
 PY=${PYTHON:-python3}
 BUDGET=${BUDGET_S:-420}   # stop starting new measurements after this many seconds (8-minute script)
+# Dry run of the plumbing on a CPU (fake nvidia-smi on PATH): DEVICE=cpu PRESET=tiny SIZE=224 BIG=4 SKIP_TORCH=1
+DEVICE=${DEVICE:-cuda}; PRESET=${PRESET:-vit_l_14_336}; SIZE=${SIZE:-518}; BIG=${BIG:-32}
 if [ ! -x "$BIN" ] && [ -f "$BIN.gz" ]; then
   gunzip -c "$BIN.gz" > /tmp/vcp-cuda && chmod +x /tmp/vcp-cuda && BIN=/tmp/vcp-cuda
 fi
@@ -53,17 +55,19 @@ measure() {
 }
 
 for dt in f32 bf16; do
-  for b in 1 32; do
-    measure "ours_${dt}_b${b}" "$BIN" bench --device cuda --preset vit_l_14_336 --size 518 --batch $b --dtype $dt --iters 5 --what backbone,infer
+  for b in 1 $BIG; do
+    measure "ours_${dt}_b${b}" "$BIN" bench --device $DEVICE --preset $PRESET --size $SIZE --batch $b --dtype $dt --iters 5 --what backbone,infer
   done
-  measure "ours_${dt}_train" "$BIN" bench --device cuda --preset vit_l_14_336 --size 518 --batch 32 --dtype $dt --iters 3 --what train --loss-chunk 8
+  measure "ours_${dt}_train" "$BIN" bench --device $DEVICE --preset $PRESET --size $SIZE --batch $BIG --dtype $dt --iters 3 --what train --loss-chunk 8
 done
-for dt in f32 bf16; do
-  for b in 1 32; do
-    measure "torch_${dt}_b${b}" "$PY" tools/bench_gpu_torch.py --dtype $dt --batch $b --iters 5 --what backbone
+if [ -z "${SKIP_TORCH:-}" ]; then
+  for dt in f32 bf16; do
+    for b in 1 $BIG; do
+      measure "torch_${dt}_b${b}" "$PY" tools/bench_gpu_torch.py --dtype $dt --batch $b --size $SIZE --iters 5 --what backbone
+    done
+    measure "torch_${dt}_train" "$PY" tools/bench_gpu_torch.py --dtype $dt --batch $BIG --size $SIZE --iters 3 --what train_heads
   done
-  measure "torch_${dt}_train" "$PY" tools/bench_gpu_torch.py --dtype $dt --batch 32 --iters 3 --what train_heads
-done
+fi
 T1=$(date +%s)
 
 "$PY" - "$TMP/all" "$OUT" "$GPU" "$((T1 - T0))" <<'PYEOF'

@@ -140,12 +140,11 @@ fn training_reduces_loss_then_eval_and_resume() {
     assert!(dir.path().join("maps/grid/test/good/000.npy").exists());
 }
 
-#[test]
-fn predict_official_checkpoint_reproduces_official_maps() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("pred");
-    ok(vcp()
-        .args(["predict", "--checkpoint"])
+/// `vcp predict` of the official checkpoint on the fixture's CLIP and image (the fixture's setting:
+/// 80 px, taps 3/6/9/12, exact GELU), writing to `out`.
+fn predict_official(out: &Path) -> Command {
+    let mut c = vcp();
+    c.args(["predict", "--checkpoint"])
         .arg(official().join("vcp_trainables.pth"))
         .arg("--clip")
         .arg(official().join("clip_openai.safetensors"))
@@ -156,11 +155,19 @@ fn predict_official_checkpoint_reproduces_official_maps() {
             "3,6,9,12",
             "--activation",
             "gelu",
-            "--image",
         ])
+        .arg("--image")
         .arg(official().join("img1.png"))
         .arg("--out")
-        .arg(&out));
+        .arg(out);
+    c
+}
+
+#[test]
+fn predict_official_checkpoint_reproduces_official_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pred");
+    ok(&mut predict_official(&out));
     for f in ["img1.npy", "img1_overlay.png", "scores.json"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
@@ -206,23 +213,7 @@ fn predict_with_references_blends_the_memory_bank() {
     std::fs::create_dir_all(&refs).unwrap();
     std::fs::copy(official().join("img1.png"), refs.join("normal.png")).unwrap();
     let run = |out: &Path, with_refs: bool| {
-        let mut c = vcp();
-        c.args(["predict", "--checkpoint"])
-            .arg(official().join("vcp_trainables.pth"))
-            .arg("--clip")
-            .arg(official().join("clip_openai.safetensors"))
-            .args([
-                "--size",
-                "80",
-                "--layers",
-                "3,6,9,12",
-                "--activation",
-                "gelu",
-            ])
-            .arg("--image")
-            .arg(official().join("img1.png"))
-            .arg("--out")
-            .arg(out);
+        let mut c = predict_official(out);
         if with_refs {
             c.arg("--refs").arg(&refs).args(["--memory-bank", "0.25"]);
         }

@@ -169,6 +169,11 @@ impl AnomalyDecoder {
         })
     }
 
+    /// Whether the state queries take the text embeddings (`text_queries`).
+    pub fn text_conditioned(&self) -> bool {
+        self.text_proj.is_some()
+    }
+
     /// Per-layer state logits and the image logit.
     ///
     /// # Shapes

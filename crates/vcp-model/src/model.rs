@@ -312,39 +312,20 @@ impl VcpModel {
         want_trace: bool,
         refs: Option<&References>,
     ) -> Result<Logits> {
-        let (text, mut trace) = self.text_embeddings(f, class, train)?;
-        let (b, _, _) = text.dims3()?;
         let g = f.grid;
         let n = g * g;
         let scale_raw = self.tau_raw.exp()?;
-        let tt = text.transpose(1, 2)?; // [B, D, 2]
-                                        // [B, 1, D] x [B, D, 2] -> [B, 2]
+        if let Some(dec) = &self.decoder {
+            return self.decoder_logits(dec, f, class, train, want_trace, &scale_raw);
+        }
+        let (text, mut trace) = self.text_embeddings(f, class, train)?;
+        let b = text.dim(0)?;
+        // Class token vs text: [B, 1, D] x [B, D, 2] -> [B, 2].
         let cls = l2norm(&f.global)?
             .unsqueeze(1)?
-            .matmul(&tt)?
+            .matmul(&text.transpose(1, 2)?)?
             .squeeze(1)?
             .broadcast_mul(&scale_raw)?;
-        if let Some(dec) = &self.decoder {
-            let patches = f
-                .layers
-                .iter()
-                .map(|t| t.narrow(1, 1, n))
-                .collect::<Result<Vec<_>>>()?;
-            let (maps, image) = dec.forward(&patches, &text, &scale_raw)?;
-            let raw = maps
-                .into_iter()
-                .map(|m| m.reshape((b, 2, g, g)))
-                .collect::<Result<Vec<_>>>()?;
-            // Image logit as two-class logits [0, z]: softmax gives sigmoid(z).
-            let cls = Tensor::stack(&[&image.zeros_like()?, &image], 1)?;
-            return Ok(Logits {
-                text,
-                raw,
-                refined: vec![],
-                cls,
-                trace: want_trace.then_some(trace),
-            });
-        }
         let alpha = self.cfg.fewshot.normal_prompt;
         let mut raw = Vec::new();
         let mut refined = Vec::new();
@@ -389,6 +370,48 @@ impl VcpModel {
             text,
             raw,
             refined,
+            cls,
+            trace: want_trace.then_some(trace),
+        })
+    }
+
+    /// The DETR-style head's logits. The text tower runs only when the queries are
+    /// text-conditioned; otherwise `Logits::text` is zeros (nothing reads it).
+    fn decoder_logits(
+        &self,
+        dec: &AnomalyDecoder,
+        f: &Features,
+        class: &str,
+        train: bool,
+        want_trace: bool,
+        scale: &Tensor,
+    ) -> Result<Logits> {
+        let (b, g) = (f.batch()?, f.grid);
+        let (text, trace) = if dec.text_conditioned() {
+            self.text_embeddings(f, class, train)?
+        } else {
+            let d = f.global.dim(1)?;
+            (
+                Tensor::zeros((b, 2, d), f.global.dtype(), f.global.device())?,
+                Trace::default(),
+            )
+        };
+        let patches = f
+            .layers
+            .iter()
+            .map(|t| t.narrow(1, 1, g * g))
+            .collect::<Result<Vec<_>>>()?;
+        let (maps, image) = dec.forward(&patches, &text, scale)?;
+        let raw = maps
+            .into_iter()
+            .map(|m| m.reshape((b, 2, g, g)))
+            .collect::<Result<Vec<_>>>()?;
+        // Image logit as two-class logits [0, z]: softmax gives sigmoid(z).
+        let cls = Tensor::stack(&[&image.zeros_like()?, &image], 1)?;
+        Ok(Logits {
+            text,
+            raw,
+            refined: vec![],
             cls,
             trace: want_trace.then_some(trace),
         })

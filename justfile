@@ -7,6 +7,19 @@ default: test
 ablate *ARGS:
     cargo run --release -p vcp-cli -- ablate {{ARGS}}
 
+# Pretrain the embedded `tiny_pretrained` CLIP again (~90 min on 2 cores; see its model card).
+pretrain-clip *ARGS:
+    cargo run --release -p vcp-cli -- pretrain-clip --config experiments/pretrain_tiny_clip.toml {{ARGS}}
+
+# Every committed result table again (from a clean, committed tree).
+rerun-results:
+    bash tools/rerun_results.sh
+
+# The Python metrics package: install into the active environment and test it.
+python-metrics:
+    pip install ./crates/vcp-metrics-py pytest scikit-learn scikit-image scipy pillow
+    python -m pytest -q crates/vcp-metrics-py/tests
+
 # Tables and plots again from an experiment's records.
 report EXPERIMENT:
     cargo run --release -p vcp-cli -- report {{EXPERIMENT}}

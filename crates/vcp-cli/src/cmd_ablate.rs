@@ -42,6 +42,15 @@ pub struct ReportArgs {
     experiment: String,
     #[arg(long, default_value = "results")]
     results: PathBuf,
+    /// The seeds the ablation ran with, when not the file's (as given to `vcp ablate`).
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// The overrides the ablation ran with (as given to `vcp ablate`).
+    #[arg(long = "set")]
+    sets: Vec<String>,
+    /// The device class the ablation ran on: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// The embedded default written to the cache folder, so `vcp ablate` works from any directory.
@@ -53,6 +62,14 @@ fn default_file() -> Result<PathBuf> {
     )?;
     vcp_data::io::write_atomic(&dir.join("vcp_clip_tiny.toml"), DEFAULT_BASE.as_bytes())?;
     Ok(dir.join("ablate_default.toml"))
+}
+
+/// The command as a user would type it again (`vcp ...`, not the binary's full path).
+fn command_line() -> String {
+    std::iter::once("vcp".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -69,7 +86,12 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|s| experiment::parse_set(s))
         .collect::<Result<_>>()?;
-    let ab = experiment::load(&file, &sets, a.seeds.as_deref())?;
+    let device = crate::common::device(a.device.as_deref())?;
+    let ab = experiment::load(&file, &sets, a.seeds.as_deref())?.on_device(if device.is_cuda() {
+        "cuda"
+    } else {
+        "cpu"
+    });
     eprintln!(
         "{}: {} variants x seeds = {} runs",
         ab.name,
@@ -78,46 +100,94 @@ pub fn run(a: Args) -> Result<()> {
     );
     let opts = vcp_runner::runner::RunOptions {
         results: a.results.clone(),
-        device: crate::common::device(a.device.as_deref())?,
+        device,
         cache: !a.no_cache,
         cache_bytes: a.cache_mib << 20,
         keep_images: 1,
+        command: command_line(),
     };
-    let (skipped, ran) = vcp_runner::runner::run_all(&ab, &opts)?;
     let exp_dir = a.results.join(&ab.name);
+    // The committed table is the reference this run is checked against (read before the new
+    // table replaces it).
+    let reference_table = std::fs::read_to_string(exp_dir.join("table.csv")).ok();
+    let (skipped, ran) = vcp_runner::runner::run_all(&ab, &opts)?;
     let (md, plots) = vcp_runner::report::report(
         &exp_dir,
         &ab.variants,
         ab.baseline.as_deref(),
         &ab.reference,
+        Some(&ab.hashes()),
     )?;
-    println!("{md}");
-    println!(
+    outln!("{md}");
+    outln!(
         "{ran} runs done, {skipped} already finished; {:.1} s.\nTable: {}/table.md (.csv, .tex)\nPlots: {}",
         t.elapsed().as_secs_f64(),
         exp_dir.display(),
         plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     );
+    match (
+        &reference_table,
+        std::fs::read_to_string(exp_dir.join("table.csv")),
+    ) {
+        (Some(old), Ok(new)) if ran > 0 => {
+            outln!(
+                "{}",
+                vcp_runner::report::compare_tables(old, &new).summary()
+            )
+        }
+        (None, _) => outln!(
+            "(no earlier table.csv in {} to compare with)",
+            exp_dir.display()
+        ),
+        _ => {}
+    }
     Ok(())
 }
 
 pub fn report(a: ReportArgs) -> Result<()> {
     let p = Path::new(&a.experiment);
-    let (name, order, baseline, reference) = if p.is_file() {
-        let ab = experiment::load(p, &[], None)?;
-        (ab.name, ab.variants, ab.baseline, ab.reference)
+    let sets: Vec<_> = a
+        .sets
+        .iter()
+        .map(|s| experiment::parse_set(s))
+        .collect::<Result<_>>()?;
+    let file = if p.is_file() {
+        Some(p.to_path_buf())
     } else {
         let f = Path::new("experiments").join(format!("{}.toml", a.experiment));
-        match experiment::load(&f, &[], None) {
-            Ok(ab) => (ab.name, ab.variants, ab.baseline, ab.reference),
-            Err(_) => (a.experiment.clone(), vec![], None, vec![]),
+        f.is_file().then_some(f)
+    };
+    let ab = match &file {
+        Some(f) => Some(experiment::load(f, &sets, a.seeds.as_deref())?.on_device(&a.device)),
+        None => {
+            eprintln!(
+                "no experiment file for `{}`: tabulating every record in its folder (pass the file to keep exactly its runs)",
+                a.experiment
+            );
+            None
         }
     };
+    let (name, order, baseline, reference, hashes) = match &ab {
+        Some(ab) => (
+            ab.name.clone(),
+            ab.variants.clone(),
+            ab.baseline.clone(),
+            ab.reference.clone(),
+            Some(ab.hashes()),
+        ),
+        None => (a.experiment.clone(), vec![], None, vec![], None),
+    };
     let exp_dir = a.results.join(&name);
-    let (md, plots) = vcp_runner::report::report(&exp_dir, &order, baseline.as_deref(), &reference)
-        .with_context(|| format!("report of {}", exp_dir.display()))?;
-    println!("{md}");
-    println!(
+    let (md, plots) = vcp_runner::report::report(
+        &exp_dir,
+        &order,
+        baseline.as_deref(),
+        &reference,
+        hashes.as_deref(),
+    )
+    .with_context(|| format!("report of {}", exp_dir.display()))?;
+    outln!("{md}");
+    outln!(
         "Table: {}/table.md; plots: {}",
         exp_dir.display(),
         plots.len()

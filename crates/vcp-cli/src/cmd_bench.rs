@@ -71,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
         .to_dtype(DType::F32)?;
     let emit = |what: &str, secs: f64| {
         let ms = secs * 1000.0 / a.iters as f64;
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "what": what, "preset": a.preset, "size": s, "batch": b, "dtype": a.dtype,

@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
     let labels: Vec<bool> = (0..a.images).map(|i| i % 2 == 1).collect();
     let scores: Vec<f32> = flat
         .iter()
-        .map(|m| crate::cmd_eval_maps::top1_percent(m))
+        .map(|m| vcp_metrics::top1_percent(m).unwrap_or(0.0))
         .collect();
     let report = evaluate_category(&refs, &labels, &scores)?;
     let rows = vec![("synthetic".to_string(), report.metrics)];
@@ -121,9 +121,9 @@ pub fn run(a: Args) -> Result<()> {
         "mean of each map's top 1%",
     )?;
     let _ = mean_over_categories(&rows);
-    println!("Demo: tiny random CLIP ({} images at {size} px, taps {taps:?}), zero-shot prompts {prompts:?}", a.images);
-    println!("{md}");
-    println!(
+    outln!("Demo: tiny random CLIP ({} images at {size} px, taps {taps:?}), zero-shot prompts {prompts:?}", a.images);
+    outln!("{md}");
+    outln!(
         "(random weights: the numbers carry no meaning; this run checks the pipeline end to end)\nWrote {}/metrics.{{json,csv,md}} in {:.1} s",
         a.out.display(),
         t0.elapsed().as_secs_f64()

@@ -85,8 +85,8 @@ pub fn run(a: Args) -> Result<()> {
         &notes,
         "model image score (see config fusion.image_score)",
     )?;
-    println!("{md}");
-    println!(
+    outln!("{md}");
+    outln!(
         "Evaluated {} images in {:.1} s; wrote {}/metrics.{{json,csv,md}}",
         meta.test.len(),
         t.elapsed().as_secs_f64(),

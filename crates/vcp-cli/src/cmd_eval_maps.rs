@@ -34,15 +34,6 @@ pub struct Args {
     skip_missing: bool,
 }
 
-/// Mean of the top 1% of a map's values (at least one value).
-pub fn top1_percent(v: &[f32]) -> f32 {
-    let k = (v.len() / 100).max(1);
-    let mut s = v.to_vec();
-    let idx = s.len() - k;
-    s.select_nth_unstable_by(idx, |a, b| a.total_cmp(b));
-    s[idx..].iter().map(|&x| x as f64).sum::<f64>() as f32 / k as f32
-}
-
 fn read_scores(path: &Path) -> Result<HashMap<String, f32>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let mut lines = text.lines();
@@ -95,6 +86,14 @@ fn load_record(
 ) -> Result<Loaded> {
     let map_path = maps.join(Path::new(&r.img_path).with_extension("npy"));
     let a = npy::read_f32_2d(&map_path)?;
+    if a.data.is_empty() {
+        bail!(
+            "{}: empty map ({}x{})",
+            map_path.display(),
+            a.height,
+            a.width
+        );
+    }
     if let Some(i) = a.data.iter().position(|v| !v.is_finite()) {
         bail!(
             "{}: non-finite value (NaN or inf) at pixel {i}",
@@ -114,7 +113,7 @@ fn load_record(
         Some(g) => *g
             .get(&r.img_path)
             .with_context(|| format!("no score for `{}` in the scores file", r.img_path))?,
-        None => top1_percent(&a.data),
+        None => vcp_metrics::top1_percent(&a.data).context("empty map")?,
     };
     Ok(Loaded {
         scores: a.data,
@@ -320,8 +319,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let out = a.out.clone().unwrap_or_else(|| a.maps.clone());
     let md = write_outputs(&out, &rows, &notes, &image_score)?;
-    println!("{md}");
-    println!(
+    outln!("{md}");
+    outln!(
         "Image score: {image_score}. Wrote {}/metrics.{{json,csv,md}}",
         out.display()
     );

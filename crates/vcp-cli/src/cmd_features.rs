@@ -61,6 +61,8 @@ fn activation(s: &Option<String>) -> Result<Option<Activation>> {
 }
 
 pub fn run_features(a: FeaturesArgs) -> Result<()> {
+    // Refuse a bad output path before the work, not after it.
+    vcp_data::io::check_target(&a.out)?;
     let dev = crate::common::device(Some(&a.device))?;
     let w = load_clip(&a.clip, &dev)?;
     let depth = w.config.vision.layers;
@@ -87,7 +89,7 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
             o.global.to_device(&Device::Cpu)?;
         }
         let ms = t0.elapsed().as_secs_f64() * 1000.0 / a.bench_iters as f64;
-        println!(
+        outln!(
             "{{\"forward_ms\": {ms:.2}, \"iters\": {}, \"threads\": {}}}",
             a.bench_iters,
             rayon::current_num_threads()
@@ -111,6 +113,7 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
 }
 
 pub fn run_text(a: TextArgs) -> Result<()> {
+    vcp_data::io::check_target(&a.out)?;
     let dev = Device::Cpu;
     let w = load_clip(&a.clip, &dev)?;
     let clip = Clip::new(

@@ -285,7 +285,7 @@ pub fn run(a: Args) -> Result<()> {
         &a.out.join("scores.json"),
         serde_json::to_string_pretty(&scores)?.as_bytes(),
     )?;
-    println!(
+    outln!(
         "wrote {} maps, overlays and scores.json to {}",
         images.len(),
         a.out.display()

@@ -23,6 +23,6 @@ pub fn run(a: Args) -> Result<()> {
         .iter()
         .map(|t| tok.tokenize(t, a.context, true))
         .collect::<Result<_, _>>()?;
-    println!("{}", serde_json::to_string(&ids)?);
+    outln!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }

@@ -62,7 +62,7 @@ pub fn run(c: Command) -> Result<()> {
     let dir = dir.expect("at least one file");
     // Check that what we got loads.
     vcp_clip::ClipWeights::load(&dir, &candle_core::Device::Cpu)?;
-    println!("{}", dir.display());
+    outln!("{}", dir.display());
     eprintln!(
         "fetched {repo}@{revision}; use it with --clip {}",
         dir.display()

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
-use vcp_clip::{ClipConfig, ClipWeights};
+use vcp_clip::ClipWeights;
 use vcp_data::Meta;
 use vcp_model::config::{ExperimentConfig, SynthConfig};
 use vcp_model::VcpModel;
@@ -27,8 +27,8 @@ pub fn backbone_weights(
     device: &Device,
 ) -> Result<ClipWeights> {
     if cfg.weights.is_empty() {
-        let c = ClipConfig::preset(&cfg.preset).with_context(|| "backbone.preset")?;
-        Ok(ClipWeights::random(&c, cfg.seed, device)?)
+        Ok(ClipWeights::from_preset(&cfg.preset, cfg.seed, device)
+            .with_context(|| "backbone.preset")?)
     } else {
         Ok(ClipWeights::load(&cfg.weights, device)?)
     }

@@ -1,5 +1,13 @@
 //! `vcp`: the command line of the VCP-CLIP research workspace.
 
+/// `println!` that never panics: a closed pipe (`vcp ... | head`) ends the program quietly with
+/// status 0, any other write error (a full disk, `> /dev/full`) is a one-line error, status 1.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::util::write_stdout(&format!($($arg)*))
+    };
+}
+
 mod cmd_ablate;
 mod cmd_bench;
 mod cmd_data;
@@ -8,6 +16,7 @@ mod cmd_eval;
 mod cmd_eval_maps;
 mod cmd_features;
 mod cmd_predict;
+mod cmd_pretrain;
 mod cmd_tokenize;
 mod cmd_train;
 mod cmd_weights;
@@ -49,6 +58,8 @@ enum Command {
     Predict(cmd_predict::Args),
     /// Run an ablation (variants x seeds), resumable; writes records, tables and plots.
     Ablate(cmd_ablate::Args),
+    /// Pretrain a small CLIP on the procedural defect-caption corpus (contrastive, both towers).
+    PretrainClip(cmd_pretrain::Args),
     /// Regenerate an experiment's tables and plots from its run records.
     Report(cmd_ablate::ReportArgs),
     /// Download CLIP weights from the Hugging Face hub (online machines).
@@ -76,6 +87,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => cmd_predict::run(a),
         Command::Ablate(a) => cmd_ablate::run(a),
         Command::Report(a) => cmd_ablate::report(a),
+        Command::PretrainClip(a) => cmd_pretrain::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,19 @@ use std::collections::HashMap;
 use std::path::Path;
 use vcp_clip::{ClipConfig, ClipWeights};
 
+/// Write one line to stdout (see `outln!`).
+pub fn write_stdout(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The error chain on one line; candle errors can carry a backtrace, which is dropped.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
@@ -26,6 +39,9 @@ pub fn load_clip(spec: &str, device: &Device) -> Result<ClipWeights> {
     if !p.exists() && spec == "tiny" {
         return Ok(ClipWeights::random(&ClipConfig::tiny(), 0, device)?);
     }
+    if !p.exists() && spec == vcp_clip::pretrained::TINY_PRETRAINED {
+        return Ok(vcp_clip::pretrained::tiny_pretrained(device)?);
+    }
     Ok(ClipWeights::load(p, device)?)
 }
 
@@ -42,13 +58,17 @@ pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
 
 /// Write tensors to safetensors atomically (temporary name, then rename).
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    }
-    let tmp = vcp_data::io::tmp_path(path);
-    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("{}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    // Serialised in memory, then one atomic write (never over a link or special file).
+    let bytes = safetensors_bytes(tensors)?;
+    vcp_data::io::write_atomic(path, &bytes)?;
     Ok(())
+}
+
+fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let p = dir.path().join("t.safetensors");
+    candle_core::safetensors::save(tensors, &p)?;
+    Ok(std::fs::read(&p)?)
 }
 
 /// First line of an error's message (candle errors may carry a backtrace).

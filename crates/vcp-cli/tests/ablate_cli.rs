@@ -246,3 +246,68 @@ set = { "head" = { kind = "decoder", queries = 4, layers = 1, heads = 2, dim = 1
         "draws differ between seeds"
     );
 }
+
+/// Ctrl-C (SIGINT) to a real `vcp ablate`: a one-line message, no record for the interrupted
+/// run, and a rerun completes the ablation.
+#[test]
+fn sigint_stops_cleanly_and_a_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, results) = (dir.path().join("cache"), dir.path().join("results"));
+    let file = mini(dir.path());
+    let child = vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .arg("--set")
+        .arg("train.epochs=3")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first run has started (its folder exists), then interrupt.
+    let runs = results.join("mini").join("runs");
+    let t0 = std::time::Instant::now();
+    while !runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none() {
+        assert!(t0.elapsed().as_secs() < 120, "no run started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("error"))
+        .unwrap_or("");
+    assert!(last.contains("interrupted"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let records = std::fs::read_dir(&runs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("record.json").exists())
+        .count();
+    assert!(
+        records < 4,
+        "the interrupted run left no record ({records} of 4)"
+    );
+    let (out, _) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .arg("--set")
+        .arg("train.epochs=3"));
+    assert!(
+        out.contains(&format!(
+            "{} runs done, {records} already finished",
+            4 - records
+        )),
+        "{out}"
+    );
+}

@@ -256,3 +256,37 @@ fn weights_fetch_offline_explains_what_to_do() {
         "not a Hugging Face repository id",
     );
 }
+
+#[test]
+fn stdout_errors_never_panic() {
+    // A full disk: one line on stderr, status 1.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+    if let Ok(full) = full {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vcp"))
+            .args(["tokenize", "a photo of a damaged bottle"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("standard output") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    // A closed pipe (`| head`): quiet, status 0.
+    let texts: Vec<String> = (0..20000).map(|i| format!("text number {i}")).collect();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vcp"))
+        .arg("tokenize")
+        .args(&texts)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before the output is written
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -83,6 +83,9 @@ pub enum Scores {
     QueryKey,
     ValueValue,
     QueryQuery,
+    /// Each token attends only to itself (attention = identity: the output is the token's own
+    /// value, MaskCLIP's dense readout).
+    SelfOnly,
 }
 
 /// `y = x W^T + b` for `x` of any rank (flattened to 2-D for a single gemm call).
@@ -208,10 +211,15 @@ impl Attention {
         let q = qkv.get(0)?.contiguous()?;
         let key = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
+        if scores_of == Scores::SelfOnly {
+            let o = v.transpose(1, 2)?.reshape((b, n, w))?; // [B, N, W]
+            return self.out.forward(&o);
+        }
         let (a, bb) = match scores_of {
             Scores::QueryKey => (&q, &key),
             Scores::ValueValue => (&v, &v),
             Scores::QueryQuery => (&q, &q),
+            Scores::SelfOnly => unreachable!("handled above"),
         };
         let a = (a * (hd as f64).powf(-0.5))?;
         let mut scores = a.matmul(&bb.t()?)?.to_dtype(DType::F32)?; // [B, H, N, N]

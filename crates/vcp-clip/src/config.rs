@@ -130,6 +130,8 @@ impl ClipConfig {
             "vit_l_14" | "ViT-L-14" => Ok(Self::vit_l_14()),
             "vit_l_14_336" | "ViT-L-14-336" => Ok(Self::vit_l_14_336()),
             "tiny" => Ok(Self::tiny()),
+            // Pretrained by this workspace; its weights are embedded (`ClipWeights::from_preset`).
+            "tiny_pretrained" => crate::pretrained::tiny_pretrained_config(),
             // OpenCLIP's LAION/DataComp models of the same architecture use exact GELU.
             "openclip_vit_b_16" => Ok(Self {
                 activation: Activation::Gelu,
@@ -140,7 +142,7 @@ impl ClipConfig {
                 ..Self::vit_l_14()
             }),
             other => Err(ClipError::Config(format!(
-                "unknown CLIP preset `{other}` (known: vit_b_16, vit_l_14, vit_l_14_336, openclip_vit_b_16, openclip_vit_l_14, tiny)"
+                "unknown CLIP preset `{other}` (known: vit_b_16, vit_l_14, vit_l_14_336, openclip_vit_b_16, openclip_vit_l_14, tiny, tiny_pretrained)"
             ))),
         }
     }

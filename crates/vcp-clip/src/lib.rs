@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod preprocess;
+pub mod pretrained;
 #[doc(hidden)]
 pub mod testing;
 pub mod text;

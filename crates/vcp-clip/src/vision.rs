@@ -55,6 +55,10 @@ pub enum DensePath {
     /// ClearCLIP: the last block without residual and MLP, with query-query attention
     /// (`d = qq(ln_1 x)`).
     ClearClip,
+    /// MaskCLIP-style self-only attention in the last `blocks` blocks (each token attends only
+    /// to itself, i.e. its own value; residuals and MLPs kept): `d = d + out(v(ln_1 d)); d = d +
+    /// mlp(d)`. Keeps each patch's own content, which CLIP's global attention mixes away.
+    SelfOnly { blocks: usize },
 }
 
 impl DensePath {
@@ -62,7 +66,9 @@ impl DensePath {
     pub fn blocks(&self) -> usize {
         match *self {
             DensePath::None => 0,
-            DensePath::ValueValue { blocks } | DensePath::Surgery { blocks } => blocks,
+            DensePath::ValueValue { blocks }
+            | DensePath::Surgery { blocks }
+            | DensePath::SelfOnly { blocks } => blocks,
             DensePath::ClearClip => 1,
         }
     }
@@ -229,6 +235,9 @@ impl VisionTower {
                     DensePath::None => unreachable!("no dense blocks"),
                     DensePath::ValueValue { .. } => {
                         block.forward_scores(&d, None, k, Scores::ValueValue)?
+                    }
+                    DensePath::SelfOnly { .. } => {
+                        block.forward_scores(&d, None, k, Scores::SelfOnly)?
                     }
                     DensePath::Surgery { .. } => {
                         (d + block.attention_only(&x, None, k, Scores::ValueValue)?)?

@@ -133,6 +133,7 @@ fn dense_paths_follow_their_recurrences_and_keep_the_global_embedding() {
         DensePath::ValueValue { blocks: 3 },
         DensePath::Surgery { blocks: 3 },
         DensePath::ClearClip,
+        DensePath::SelfOnly { blocks: 2 },
     ];
     for dense in cases {
         let c = clip(&w, dense, DType::F32);
@@ -165,6 +166,22 @@ fn dense_paths_follow_their_recurrences_and_keep_the_global_embedding() {
                 DensePath::ClearClip => blk
                     .attention_only(&main, None, k, Scores::QueryQuery)
                     .unwrap(),
+                // Self-only attention = CLIP's attention under a mask that leaves each token
+                // only itself (an independent route: softmax of one finite score is 1).
+                DensePath::SelfOnly { .. } => {
+                    let n = d.dim(1).unwrap();
+                    let m: Vec<f32> = (0..n * n)
+                        .map(|i| {
+                            if i / n == i % n {
+                                0.0
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                        .collect();
+                    let mask = candle_core::Tensor::from_vec(m, (n, n), d.device()).unwrap();
+                    blk.forward(&d, Some(&mask), k).unwrap()
+                }
                 DensePath::None => unreachable!(),
             };
             main = blk.forward(&main, None, k).unwrap();

@@ -8,6 +8,7 @@
 //! * [`dataset`]: samples and prefetched batches; [`synth`]: the built-in defect benchmark.
 
 pub mod augment;
+pub mod corpus;
 pub mod dataset;
 pub mod error;
 pub mod formats;

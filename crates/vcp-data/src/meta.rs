@@ -91,6 +91,62 @@ fn parse_split(path: &Path, name: &str, v: Option<&serde_json::Value>) -> Result
     Ok(Split(out))
 }
 
+/// Any JSON value; a repeated key in any object is an error (serde_json reports its line).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if !keys.insert(k.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key `{k}` appears twice"
+                )));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
+    }
+}
+
 /// Relative, without `..` escaping the root.
 fn is_inside(p: &str) -> bool {
     let path = Path::new(p);
@@ -118,6 +174,10 @@ impl Meta {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        // JSON objects that repeat a key parse "fine" elsewhere (the last one wins): a category
+        // listed twice would silently lose its first records. Refuse them, with the line.
+        serde_json::from_str::<NoDuplicateKeys>(text)
+            .map_err(|e| DataError::file(path, format!("invalid JSON: {e}")))?;
         let v: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| DataError::file(path, format!("invalid JSON: {e}")))?;
         let obj = v
@@ -130,10 +190,41 @@ impl Meta {
             ));
         }
         // serde_json is built with `preserve_order`, so categories come in file order.
-        Ok(Meta {
+        let meta = Meta {
             train: parse_split(path, "train", obj.get("train"))?,
             test: parse_split(path, "test", obj.get("test"))?,
-        })
+        };
+        for (name, split) in [("train", &meta.train), ("test", &meta.test)] {
+            // An image listed twice would be counted twice; two images whose paths differ only
+            // in the extension (or its case) would write and read the same `.npy` map.
+            let mut seen: std::collections::HashMap<String, String> = Default::default();
+            let mut maps: std::collections::HashMap<String, String> = Default::default();
+            for (cls, recs) in &split.0 {
+                for r in recs {
+                    let at = format!("{name}.{cls}");
+                    if let Some(prev) = seen.insert(r.img_path.clone(), at.clone()) {
+                        return Err(DataError::file(
+                            path,
+                            format!("`{}` is listed twice (in `{prev}` and `{at}`)", r.img_path),
+                        ));
+                    }
+                    let map = Path::new(&r.img_path)
+                        .with_extension("npy")
+                        .to_string_lossy()
+                        .to_lowercase();
+                    if let Some(other) = maps.insert(map.clone(), r.img_path.clone()) {
+                        return Err(DataError::file(
+                            path,
+                            format!(
+                                "`{other}` and `{}` would share one map `{map}`; rename one of them",
+                                r.img_path
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(meta)
     }
 
     /// Write atomically as pretty JSON, categories in order.
@@ -174,7 +265,8 @@ mod tests {
     #[test]
     fn keeps_file_order_and_rejects_bad_input() {
         let text = format!(
-            r#"{{"train": {{"empty": []}}, "test": {{"zeta": [{REC}], "alpha": [{REC}]}}}}"#
+            r#"{{"train": {{"empty": []}}, "test": {{"zeta": [{REC}], "alpha": [{}]}}}}"#,
+            REC.replace("a/b.png", "a/c.png")
         );
         let m = Meta::parse(&text, Path::new("m.json")).unwrap();
         assert_eq!(
@@ -200,6 +292,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("test.zeta") && e.contains("empty"), "{e}");
+        // A category given twice (JSON would keep only the last), with its line.
+        let twice = format!(
+            "{{\"test\": {{\"zeta\": [{REC}],\n\"zeta\": [{}]}}}}",
+            REC.replace("a/b.png", "a/c.png")
+        );
+        let e = Meta::parse(&twice, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`zeta` appears twice") && e.contains("line 2"),
+            "{e}"
+        );
+        // An image listed twice; two images that would share one map.
+        let dup = format!(r#"{{"test": {{"zeta": [{REC}, {REC}]}}}}"#);
+        let e = Meta::parse(&dup, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a/b.png") && e.contains("listed twice"), "{e}");
+        let clash = format!(
+            r#"{{"test": {{"zeta": [{REC}, {}]}}}}"#,
+            REC.replace("a/b.png", "a/b.PNG")
+        );
+        let e = Meta::parse(&clash, Path::new("m.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("share one map") && e.contains("a/b.PNG"), "{e}");
     }
 
     #[test]

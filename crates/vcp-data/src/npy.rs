@@ -90,8 +90,16 @@ pub fn read_f32_2d(path: &Path) -> Result<Array2> {
         )));
     }
     let (h, w) = (squeezed[0], squeezed[1]);
+    if h == 0 || w == 0 {
+        return Err(bad(&format!("empty map of shape {dims:?}")));
+    }
+    // Checked: a crafted header may declare sizes whose product overflows.
+    let need = h
+        .checked_mul(w)
+        .and_then(|n| n.checked_mul(elem))
+        .ok_or_else(|| bad(&format!("shape {dims:?} is too large")))?;
     let body = &bytes[hstart + hlen..];
-    if body.len() < h * w * elem {
+    if body.len() < need {
         return Err(bad(&format!(
             "truncated data: {} bytes for a {h}x{w} map",
             body.len()
@@ -166,5 +174,41 @@ mod tests {
             .contains("truncated"));
         std::fs::write(&p, b"hello world").unwrap();
         assert!(read_f32_2d(&p).unwrap_err().to_string().contains("m.npy"));
+    }
+
+    /// A header as NumPy writes it, for any shape text.
+    fn with_shape(shape: &str) -> Vec<u8> {
+        let mut h = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((h.len() as u16).to_le_bytes());
+        out.extend(h.as_bytes());
+        out.extend([0u8; 16]);
+        out
+    }
+
+    #[test]
+    fn overflowing_and_empty_shapes_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("crafted.npy");
+        for (shape, want) in [
+            ("(4611686018427387904, 4)", "too large"),
+            ("(18446744073709551615, 18446744073709551615)", "too large"),
+            ("(0, 8)", "empty map"),
+            ("(8, 0)", "empty map"),
+        ] {
+            std::fs::write(&p, with_shape(shape)).unwrap();
+            let e = read_f32_2d(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("crafted.npy") && e.contains(want),
+                "{shape}: {e}"
+            );
+        }
+        // The helper writes valid files: a 2x2 map over the 16 bytes reads.
+        std::fs::write(&p, with_shape("(2, 2)")).unwrap();
+        assert_eq!(read_f32_2d(&p).unwrap().data, vec![0.0; 4]);
     }
 }

@@ -77,13 +77,13 @@ pub struct Canvas {
 }
 
 impl Canvas {
-    fn new(size: usize, c: [f32; 3]) -> Self {
+    pub(crate) fn new(size: usize, c: [f32; 3]) -> Self {
         Canvas {
             size,
             px: vec![c; size * size],
         }
     }
-    fn set(&mut self, x: i64, y: i64, c: [f32; 3]) {
+    pub(crate) fn set(&mut self, x: i64, y: i64, c: [f32; 3]) {
         if x >= 0 && y >= 0 && (x as usize) < self.size && (y as usize) < self.size {
             self.px[y as usize * self.size + x as usize] = c;
         }
@@ -97,7 +97,7 @@ impl Canvas {
 }
 
 /// Smooth value noise in [0, 1] at `cells` cells per side.
-fn value_noise(rng: &mut Rng, size: usize, cells: usize) -> Vec<f32> {
+pub(crate) fn value_noise(rng: &mut Rng, size: usize, cells: usize) -> Vec<f32> {
     let n = cells + 2;
     let grid: Vec<f32> = (0..n * n).map(|_| rng.f()).collect();
     let mut out = vec![0f32; size * size];
@@ -117,7 +117,7 @@ fn value_noise(rng: &mut Rng, size: usize, cells: usize) -> Vec<f32> {
     out
 }
 
-fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
+pub(crate) fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
     [
         a[0] + (b[0] - a[0]) * t,
         a[1] + (b[1] - a[1]) * t,
@@ -125,7 +125,7 @@ fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
     ]
 }
 
-fn jitter(rng: &mut Rng, c: [f32; 3], amount: f32) -> [f32; 3] {
+pub(crate) fn jitter(rng: &mut Rng, c: [f32; 3], amount: f32) -> [f32; 3] {
     c.map(|v| (v + rng.range(-amount, amount)).clamp(0.0, 1.0))
 }
 
@@ -306,8 +306,9 @@ pub fn render_normal(category: &str, size: usize, rng: &mut Rng) -> (Canvas, Vec
     (c, support)
 }
 
-/// Draw one defect of `kind`; changes pixels of `c` only.
-fn draw_defect(c: &mut Canvas, support: &[bool], kind: &str, rng: &mut Rng) {
+/// Draw one defect of `kind`; changes pixels of `c` only. `boost` scales the defect's size
+/// (1 for the benchmark; the caption corpus draws larger defects on its smaller images).
+pub(crate) fn draw_defect(c: &mut Canvas, support: &[bool], kind: &str, boost: f32, rng: &mut Rng) {
     let size = c.size;
     let s = size as f32;
     // A location on the support.
@@ -320,7 +321,7 @@ fn draw_defect(c: &mut Canvas, support: &[bool], kind: &str, rng: &mut Rng) {
             break;
         }
     }
-    let scale = rng.range(0.5, 1.6) * s / 128.0;
+    let scale = rng.range(0.5, 1.6) * s / 128.0 * boost;
     match kind {
         "scratch" | "crack" => {
             let col = if kind == "scratch" {
@@ -458,7 +459,7 @@ pub fn sample(category: &str, index: usize, defective: bool, size: usize, seed: 
         let n = if rng.f() < 0.25 { 2 + rng.int(2) } else { 1 };
         for _ in 0..n {
             let kind = DEFECTS[rng.int(DEFECTS.len())];
-            draw_defect(&mut canvas, &support, kind, &mut rng);
+            draw_defect(&mut canvas, &support, kind, 1.0, &mut rng);
             defects.push(kind);
         }
     }
@@ -474,7 +475,7 @@ pub fn sample(category: &str, index: usize, defective: bool, size: usize, seed: 
             size,
             px: canvas.px.clone(),
         };
-        draw_defect(&mut again, &support, "hole", &mut rng);
+        draw_defect(&mut again, &support, "hole", 1.0, &mut rng);
         let image = again.to_rgb8();
         let mask = image
             .chunks_exact(3)
@@ -534,13 +535,54 @@ impl Default for SynthOptions {
 
 /// Write the benchmark to `out` (MVTec layout) with `meta.json` (all categories) and
 /// `meta_<domain>.json` per domain. Returns the meta of all categories.
+///
+/// The whole tree is written into a temporary sibling folder and renamed into place at the end,
+/// so `out` either holds one complete benchmark or nothing: an interrupted run leaves no partial
+/// tree, and two runs never mix (a non-empty `out` is an error, also when another process
+/// finished first).
 pub fn generate(out: &Path, o: &SynthOptions) -> Result<Meta> {
-    use rayon::prelude::*;
     if o.size < 32 || o.per_category < 2 {
         return Err(DataError::Invalid(
             "synth: --size must be >= 32 and --per-category >= 2".into(),
         ));
     }
+    let not_empty = |p: &Path| {
+        std::fs::read_dir(p)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    };
+    if not_empty(out) {
+        return Err(DataError::file(
+            out,
+            "already exists and is not empty (choose another --out or remove it)",
+        ));
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| DataError::file(&parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".synth-partial-")
+        .tempdir_in(&parent)
+        .map_err(|e| DataError::file(&parent, e))?;
+    let meta = generate_into(tmp.path(), o)?;
+    // rename(2) replaces an empty directory and fails on a non-empty one.
+    match std::fs::rename(tmp.path(), out) {
+        Ok(()) => {
+            // The folder now lives at `out`; nothing is left for the guard to delete.
+            let _ = tmp.keep();
+            Ok(meta)
+        }
+        Err(e) => Err(DataError::file(
+            out,
+            format!("cannot move the finished benchmark into place ({e}); another run may have written it"),
+        )),
+    }
+}
+
+fn generate_into(out: &Path, o: &SynthOptions) -> Result<Meta> {
+    use rayon::prelude::*;
     let mut all = Meta::default();
     let mut per_domain: Vec<(String, Meta)> = Vec::new();
     for (domain, cats) in DOMAINS {
@@ -643,7 +685,7 @@ mod tests {
             let mut rng = Rng::new(5);
             let (mut c, support) = render_normal("tile", 96, &mut rng);
             let before = c.to_rgb8();
-            draw_defect(&mut c, &support, kind, &mut rng);
+            draw_defect(&mut c, &support, kind, 1.0, &mut rng);
             assert_ne!(before, c.to_rgb8(), "{kind} changed nothing");
         }
     }

@@ -233,3 +233,36 @@ fn batches_keep_order_and_report_errors() {
         .collect();
     assert!(got[1].as_ref().is_err());
 }
+
+#[test]
+fn synth_never_mixes_two_benchmarks_in_one_folder() {
+    use vcp_data::synth::{generate, SynthOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let o = |seed| SynthOptions {
+        seed,
+        size: 32,
+        per_category: 2,
+    };
+    generate(&out, &o(0)).unwrap();
+    let before = std::fs::read(out.join("meta.json")).unwrap();
+    let first_img = std::fs::read(out.join("woven/test/good/000.png")).unwrap();
+    let e = generate(&out, &o(1)).unwrap_err().to_string();
+    assert!(e.contains("bench") && e.contains("not empty"), "{e}");
+    assert_eq!(std::fs::read(out.join("meta.json")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.join("woven/test/good/000.png")).unwrap(),
+        first_img
+    );
+    // Nothing half-written is left beside it.
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(names, vec!["bench".to_string()]);
+    // An existing empty folder is fine.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    generate(&empty, &o(1)).unwrap();
+    assert!(empty.join("meta.json").exists());
+}

@@ -336,3 +336,16 @@ pub fn mean_over_categories(cats: &[(String, CategoryMetrics)]) -> (CategoryMetr
     }
     (mean, notes)
 }
+
+/// The default image score of the zero-shot repositories' evaluation scripts: the mean of a
+/// map's top 1% values (at least one value). `None` for an empty map.
+pub fn top1_percent(v: &[f32]) -> Option<f32> {
+    if v.is_empty() {
+        return None;
+    }
+    let k = (v.len() / 100).max(1);
+    let mut s = v.to_vec();
+    let idx = s.len() - k;
+    s.select_nth_unstable_by(idx, |a, b| a.total_cmp(b));
+    Some(s[idx..].iter().map(|&x| x as f64).sum::<f64>() as f32 / k as f32)
+}

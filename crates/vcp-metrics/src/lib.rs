@@ -16,7 +16,7 @@ pub mod components;
 pub mod curve;
 
 pub use category::{
-    evaluate_category, image_metrics, mean_over_categories, pixel_metrics, CategoryMetrics,
-    CategoryReport, Curves, MapRef, MetricsError, COLUMNS,
+    evaluate_category, image_metrics, mean_over_categories, pixel_metrics, top1_percent,
+    CategoryMetrics, CategoryReport, Curves, MapRef, MetricsError, COLUMNS,
 };
 pub use curve::{binary_metrics, SweepResult};

@@ -53,6 +53,9 @@ pub enum VisionAttention {
     Surgery,
     /// ClearCLIP: the last block with query-query attention, no residual, no MLP.
     ClearClip,
+    /// MaskCLIP-style self-only attention (each token keeps its own value) in the last
+    /// `dense_blocks` blocks (residuals and MLPs kept).
+    SelfOnly,
 }
 
 /// Compute dtype of the frozen CLIP towers.
@@ -607,12 +610,16 @@ impl ExperimentConfig {
     /// Parse a TOML experiment; errors name the file and the offending key.
     pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            let at = e.span().map(|s| {
-                let line = text[..s.start.min(text.len())].lines().count().max(1);
-                format!(" (line {line})")
+            let msg = e.message().lines().next().unwrap_or("").to_string();
+            let line = e.span().map(|s| {
+                let start = s.start.min(text.len());
+                // An unknown key's span covers its whole table: name the key's own line.
+                unknown_key(&msg)
+                    .and_then(|k| key_line(text, k, start))
+                    .unwrap_or_else(|| line_of(text, start))
             });
-            format!("{}: {msg}{}", path.display(), at.unwrap_or_default())
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            format!("{}: {msg}{at}", path.display())
         })
     }
 
@@ -624,4 +631,42 @@ impl ExperimentConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("config serialises")
     }
+}
+
+/// 1-based line of byte offset `pos`.
+pub fn line_of(text: &str, pos: usize) -> usize {
+    text[..pos.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key named by a serde "unknown field `k`" message.
+pub fn unknown_key(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// First line at or after byte `from` that sets `key` (`key = ...`, `"key" = ...`, or the last
+/// part of a dotted key such as `"fusion.key" = ...`), 1-based.
+pub fn key_line(text: &str, key: &str, from: usize) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        if offset <= from {
+            continue;
+        }
+        let l = line.trim_start();
+        let sets = |prefix: &str| {
+            l.strip_prefix(prefix)
+                .map(|r| r.trim_start().starts_with('='))
+                .unwrap_or(false)
+        };
+        let dotted = l.contains(&format!(".{key}\""))
+            || l.contains(&format!("\"{key}\" ="))
+            || l.contains(&format!("{{ {key} ="))
+            || l.contains(&format!(", {key} ="));
+        if sets(key) || sets(&format!("\"{key}\"")) || dotted {
+            return Some(line_of(text, start));
+        }
+    }
+    None
 }

@@ -584,7 +584,11 @@ pub fn dense_path(b: &crate::config::BackboneConfig) -> Result<vcp_clip::DensePa
         b.dense_blocks.filter(|&n| n > 0).ok_or_else(|| {
             candle_core::Error::Msg(format!(
                 "backbone.attention = \"{}\" needs backbone.dense_blocks (the number of final blocks, >= 1)",
-                if b.attention == A::ValueValue { "value_value" } else { "surgery" }
+                match b.attention {
+                    A::ValueValue => "value_value",
+                    A::SelfOnly => "self_only",
+                    _ => "surgery",
+                }
             ))
         })
     };
@@ -593,5 +597,6 @@ pub fn dense_path(b: &crate::config::BackboneConfig) -> Result<vcp_clip::DensePa
         A::ValueValue => vcp_clip::DensePath::ValueValue { blocks: blocks()? },
         A::Surgery => vcp_clip::DensePath::Surgery { blocks: blocks()? },
         A::ClearClip => vcp_clip::DensePath::ClearClip,
+        A::SelfOnly => vcp_clip::DensePath::SelfOnly { blocks: blocks()? },
     })
 }

@@ -1,7 +1,7 @@
 //! Data specs: a `meta.json` path, or `synth:<domain>` for the built-in benchmark (generated on
 //! first use into the cache folder).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use vcp_data::Meta;
 use vcp_model::config::SynthConfig;
@@ -53,7 +53,16 @@ pub fn resolve(
                 size: synth.size,
                 per_category: synth.per_category,
             };
-            vcp_data::synth::generate(&dir, &o)?;
+            // A folder without its meta is a partial tree of an older, non-atomic version.
+            if dir.exists() && !dir.join("meta.json").exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            }
+            if let Err(e) = vcp_data::synth::generate(&dir, &o) {
+                // Another process may have generated the same (deterministic) benchmark first.
+                if !meta_path.exists() {
+                    return Err(e.into());
+                }
+            }
         }
         return Ok((Meta::load(&meta_path)?, meta_path, dir));
     }

@@ -77,6 +77,10 @@ pub fn evaluate(
             2,
             None,
         ) {
+            // Ctrl-C stops evaluation at the next batch too (the run then leaves no record).
+            if crate::interrupt::requested() {
+                anyhow::bail!("interrupted (Ctrl-C) during evaluation");
+            }
             let b = b?;
             let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
             let tb = std::time::Instant::now();

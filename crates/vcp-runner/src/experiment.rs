@@ -47,11 +47,79 @@ impl RunSpec {
 
 #[derive(Debug, Clone)]
 pub struct Ablation {
+    /// Where the runs execute (`cpu` or `cuda`): part of what a run is, so a run on another
+    /// device gets its own folder and record instead of being skipped as done.
+    pub device: String,
     pub name: String,
     pub baseline: Option<String>,
     pub variants: Vec<String>,
     pub reference: Vec<toml::Table>,
     pub runs: Vec<RunSpec>,
+}
+
+impl Ablation {
+    /// The runs as they execute on `device` (`cpu`, `cuda`, `cuda:1` → `cuda`): the device
+    /// class joins the resolved configuration in each run's hash.
+    pub fn on_device(mut self, device: &str) -> Self {
+        let class = if device.starts_with("cuda") {
+            "cuda"
+        } else {
+            "cpu"
+        };
+        self.device = class.into();
+        for r in &mut self.runs {
+            r.hash = run_hash(&r.toml, class);
+        }
+        self
+    }
+
+    /// Hashes of the runs this experiment consists of (what its table may contain).
+    pub fn hashes(&self) -> Vec<String> {
+        self.runs.iter().map(|r| r.hash.clone()).collect()
+    }
+}
+
+/// Rewrite a config error on the re-serialised TOML so it names the user's file and line: for an
+/// unknown key, its line in the ablation file (variant overrides) or else in the base file.
+fn locate_in_user_files(
+    err: &str,
+    file: &Path,
+    text: &str,
+    base: Option<&(PathBuf, String)>,
+    variant: &str,
+) -> String {
+    use vcp_model::config::{key_line, unknown_key};
+    // "<internal path>: <message> (line N)" → the message alone.
+    let msg = err
+        .split_once(": ")
+        .map(|(_, m)| m)
+        .unwrap_or(err)
+        .rsplit_once(" (line ")
+        .map(|(m, _)| m)
+        .unwrap_or(err)
+        .to_string();
+    if let Some(k) = unknown_key(&msg) {
+        if let Some(l) = key_line(text, k, 0) {
+            return format!("{}, line {l} (variant {variant}): {msg}", file.display());
+        }
+        if let Some((bp, bt)) = base {
+            if let Some(l) = key_line(bt, k, 0) {
+                return format!("{}, line {l}: {msg}", bp.display());
+            }
+        }
+    }
+    format!("{} (variant {variant}): {msg}", file.display())
+}
+
+/// A run's identity: its resolved configuration and the device class it runs on.
+pub fn run_hash(resolved: &str, device_class: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(resolved.as_bytes());
+    if device_class != "cpu" {
+        // CPU hashes stay those of earlier versions (the configuration alone).
+        h.update(format!("\n# device = {device_class}\n").as_bytes());
+    }
+    format!("{:x}", h.finalize())
 }
 
 pub fn slug(s: &str) -> String {
@@ -115,15 +183,19 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
     let top: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message()))?;
     let dir = file.parent().unwrap_or(Path::new("."));
-    let name = top
-        .get("name")
-        .and_then(|v| v.as_str())
-        .map(String::from)
-        .unwrap_or_else(|| {
-            file.file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_else(|| "experiment".into())
-        });
+    let name = match top.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => bail!("{}: `name` must be a string", file.display()),
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "experiment".into()),
+    };
+    // The name becomes a folder under --results: never a path (`../x`, `/tmp/x`, `a/b`).
+    let name = slug(&name).trim_start_matches(['.', '_']).to_string();
+    if name.is_empty() || name.chars().all(|c| c == '.' || c == '_') {
+        bail!("{}: `name` must contain a letter or digit", file.display());
+    }
     let is_ablation = top.contains_key("base") || top.contains_key("variant");
     let allowed = [
         "name",
@@ -144,6 +216,7 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
             );
         }
     }
+    let mut base_file: Option<(PathBuf, String)> = None;
     let base: Value = if is_ablation {
         let b = top
             .get("base")
@@ -151,6 +224,7 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
             .with_context(|| format!("{}: `base` (a file name) is required", file.display()))?;
         let bp = dir.join(b);
         let bt = std::fs::read_to_string(&bp).with_context(|| format!("{}", bp.display()))?;
+        base_file = Some((bp.clone(), bt.clone()));
         Value::Table(
             toml::from_str(&bt)
                 .map_err(|e| anyhow::anyhow!("{}: {}", bp.display(), e.message()))?,
@@ -176,6 +250,12 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
                     .get("name")
                     .and_then(|v| v.as_str())
                     .with_context(|| format!("{}: variant {i} has no name", file.display()))?;
+                if variants.iter().any(|(m, _)| m == n) {
+                    bail!(
+                        "{}: variant {i}: the name `{n}` is used twice (rows would merge)",
+                        file.display()
+                    );
+                }
                 variants.push((n.to_string(), sets_of(t.get("set"), "set", file)?));
             }
         }
@@ -208,19 +288,57 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
         }
     }
     let seeds: Vec<u64> = match seeds {
+        Some([]) => bail!("--seeds: give at least one seed"),
         Some(s) => s.to_vec(),
         None => match top.get("seeds") {
-            Some(Value::Array(a)) => a
+            Some(Value::Array(a)) if !a.is_empty() => a
                 .iter()
-                .map(|v| v.as_integer().map(|i| i as u64))
+                .map(|v| v.as_integer().filter(|&i| i >= 0).map(|i| i as u64))
                 .collect::<Option<_>>()
-                .with_context(|| format!("{}: seeds must be integers", file.display()))?,
-            _ => vec![base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64],
+                .with_context(|| {
+                    format!(
+                        "{}: `seeds` must be a list of non-negative integers",
+                        file.display()
+                    )
+                })?,
+            Some(_) => bail!(
+                "{}: `seeds` must be a non-empty list of integers, e.g. seeds = [0, 1, 2]",
+                file.display()
+            ),
+            None => vec![base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64],
         },
     };
     let reference: Vec<toml::Table> = match top.get("reference") {
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_table().cloned()).collect(),
-        _ => vec![],
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let t = v
+                    .as_table()
+                    .with_context(|| format!("{}: reference {i} is not a table", file.display()))?;
+                if !matches!(t.get("name"), Some(Value::String(_))) {
+                    bail!("{}: reference {i} needs a `name`", file.display());
+                }
+                for (k, v) in t.iter().filter(|(k, _)| *k != "name" && *k != "source") {
+                    if !vcp_metrics::COLUMNS.contains(&k.as_str()) {
+                        bail!(
+                            "{}: reference {i}: unknown key `{k}` (metrics: {})",
+                            file.display(),
+                            vcp_metrics::COLUMNS.join(", ")
+                        );
+                    }
+                    if !(v.is_float() || v.is_integer()) {
+                        bail!("{}: reference {i}: `{k}` must be a number", file.display());
+                    }
+                }
+                Ok(t.clone())
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => bail!(
+            "{}: `reference` must be an array of tables ([[reference]])",
+            file.display()
+        ),
+        None => vec![],
     };
     let mut runs = Vec::new();
     let mut names = Vec::new();
@@ -246,10 +364,16 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
                 }
                 set_path(&mut v, "seed", Value::Integer(seed as i64))?;
                 let t = toml::to_string(&v)?;
-                let config = ExperimentConfig::from_toml(&t, file)
-                    .map_err(|e| anyhow::anyhow!("variant {label}: {e}"))?;
+                let config = ExperimentConfig::from_toml(&t, file).map_err(|e| {
+                    // The message names an internal, re-serialised TOML: point at the key in the
+                    // user's own files instead (the ablation file's overrides, then the base).
+                    anyhow::anyhow!(
+                        "{}",
+                        locate_in_user_files(&e, file, &text, base_file.as_ref(), &label)
+                    )
+                })?;
                 let resolved = config.to_toml();
-                let hash = format!("{:x}", Sha256::digest(resolved.as_bytes()));
+                let hash = run_hash(&resolved, "cpu");
                 runs.push(RunSpec {
                     experiment: name.clone(),
                     variant: label.clone(),
@@ -262,6 +386,7 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
         }
     }
     Ok(Ablation {
+        device: "cpu".into(),
         name,
         baseline: top
             .get("baseline")

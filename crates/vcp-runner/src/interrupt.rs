@@ -8,14 +8,18 @@ use std::sync::{Arc, OnceLock};
 
 static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
-/// Install the handlers (idempotent).
+/// Install the handlers once per process (later calls do nothing: registering again would
+/// stack handlers, and a first Ctrl-C would then also trip the second one's exit).
 pub fn install() {
-    let flag = FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // The order matters: the conditional shutdown sees the flag set by an earlier signal.
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(flag));
-        let _ = signal_hook::flag::register(sig, Arc::clone(flag));
-    }
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // The order matters: the conditional shutdown sees the flag set by an earlier signal.
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag));
+            let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
+        }
+        flag
+    });
 }
 
 /// Whether a stop was requested.

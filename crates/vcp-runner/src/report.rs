@@ -13,24 +13,48 @@ use std::path::{Path, PathBuf};
 /// The metric columns, in the order of `vcp eval-maps`.
 pub const METRICS: [&str; 9] = vcp_metrics::COLUMNS;
 
-/// All records of an experiment folder, sorted by (variant order in file, seed).
-pub fn load_records(exp_dir: &Path) -> Result<Vec<Value>> {
+/// The records of an experiment folder. With `expected` (the run hashes of the current
+/// expanded experiment), only those runs are returned; the other records (a variant edited
+/// since, another `--set`, another device) come back as `stale` folder names, never averaged in.
+pub fn load_records(
+    exp_dir: &Path,
+    expected: Option<&[String]>,
+) -> Result<(Vec<Value>, Vec<String>)> {
     let runs = exp_dir.join("runs");
     let mut v = Vec::new();
-    for e in std::fs::read_dir(&runs)
+    let mut stale = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&runs)
         .with_context(|| format!("{}: no runs (run `vcp ablate` first)", runs.display()))?
-    {
-        let p = e?.path().join("record.json");
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for dir in entries {
+        let p = dir.join("record.json");
         if p.exists() {
             let r: Value = serde_json::from_str(&std::fs::read_to_string(&p)?)
                 .with_context(|| format!("{}", p.display()))?;
-            v.push(r);
+            let keep = match expected {
+                Some(hashes) => r["hash"]
+                    .as_str()
+                    .is_some_and(|h| hashes.iter().any(|x| x == h)),
+                None => true,
+            };
+            if keep {
+                v.push(r);
+            } else {
+                stale.push(
+                    dir.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .to_string(),
+                );
+            }
         }
     }
     if v.is_empty() {
-        bail!("{}: no finished runs", runs.display());
+        bail!("{}: no finished runs of this experiment", runs.display());
     }
-    Ok(v)
+    Ok((v, stale))
 }
 
 /// One row per run.
@@ -133,6 +157,7 @@ pub fn write_tables(
     summary: &Summary,
     reference: &[toml::Table],
     title: &str,
+    footer: &str,
 ) -> Result<String> {
     // CSV through polars: variant, n_seeds, <metric>_mean, <metric>_std (x100).
     let n = summary.len();
@@ -202,6 +227,7 @@ pub fn write_tables(
     if !reference.is_empty() {
         doc.push_str("Rows in italics are numbers reported elsewhere (see the experiment file), not measured here.\n");
     }
+    doc.push_str(footer);
     vcp_data::io::write_atomic(&exp_dir.join("table.md"), doc.as_bytes())?;
     let mut tex = format!(
         "\\begin{{tabular}}{{l{}}}\n\\hline\nvariant & {} \\\\\n\\hline\n",
@@ -230,15 +256,213 @@ pub fn report(
     order: &[String],
     baseline: Option<&str>,
     reference: &[toml::Table],
+    expected: Option<&[String]>,
 ) -> Result<(String, Vec<PathBuf>)> {
-    let records = load_records(exp_dir)?;
+    let (records, stale) = load_records(exp_dir, expected)?;
     let df = runs_frame(&records)?;
     let summary = summarize(&df, order)?;
     let title = exp_dir
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    let md = write_tables(exp_dir, &summary, reference, &title)?;
+    let footer = provenance_footer(&records, &stale);
+    let md = write_tables(exp_dir, &summary, reference, &title, &footer)?;
+    if !stale.is_empty() {
+        eprintln!(
+            "left out {} stale record(s) that are not runs of the current experiment: {}",
+            stale.len(),
+            stale.join(", ")
+        );
+    }
     let plots = crate::plots::all(exp_dir, &records, &summary, baseline)?;
     Ok((md, plots))
+}
+
+/// Where the numbers come from: the command, the code (commit, clean or not), the device and
+/// the date of the records; and any stale records that were left out.
+fn provenance_footer(records: &[Value], stale: &[String]) -> String {
+    let uniq = |key: &dyn Fn(&Value) -> String| {
+        let mut v: Vec<String> = records.iter().map(key).collect();
+        v.sort();
+        v.dedup();
+        v.join(", ")
+    };
+    let commits = uniq(&|r: &Value| {
+        let c = r["git"]["commit"].as_str().unwrap_or("unknown");
+        let dirty = match r["git"]["dirty"].as_bool() {
+            Some(true) => " (dirty)",
+            Some(false) => " (clean)",
+            None => "",
+        };
+        format!("{}{dirty}", &c[..c.len().min(12)])
+    });
+    let commands = uniq(&|r: &Value| r["command"].as_str().unwrap_or("").to_string());
+    let devices = uniq(&|r: &Value| r["device"].as_str().unwrap_or("").to_string());
+    let mut s = format!(
+        "Produced by `{commands}`; code {commits}; device {devices}; {} runs.\n",
+        records.len()
+    );
+    if !stale.is_empty() {
+        s.push_str(&format!(
+            "Left out: {} stale record(s) of other configurations ({}).\n",
+            stale.len(),
+            stale.join(", ")
+        ));
+    }
+    s
+}
+
+/// Split one CSV line (polars quotes fields with commas or quotes; `""` is a quote).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// `variant → (column → value)` of a `table.csv`'s `*_mean` columns.
+fn table_means(
+    csv: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>> {
+    let mut lines = csv.lines();
+    let header = lines.next().map(csv_fields).unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for l in lines.filter(|l| !l.trim().is_empty()) {
+        let f = csv_fields(l);
+        let Some(variant) = f.first() else { continue };
+        let row = header
+            .iter()
+            .zip(&f)
+            .filter_map(|(h, v)| {
+                let m = h.strip_suffix("_mean")?;
+                Some((m.to_string(), v.parse::<f64>().ok()?))
+            })
+            .collect();
+        out.insert(variant.clone(), row);
+    }
+    out
+}
+
+/// How a freshly written table compares with an earlier one (e.g. the committed reference):
+/// the variants found in both and, per metric, the largest absolute difference of the means
+/// (table units, x100) with the variant where it occurs.
+#[derive(Debug, Clone)]
+pub struct Reproduction {
+    pub matched: Vec<String>,
+    pub only_new: Vec<String>,
+    pub only_old: Vec<String>,
+    pub max_diff: Vec<(String, f64, String)>,
+}
+
+pub fn compare_tables(old_csv: &str, new_csv: &str) -> Reproduction {
+    let (old, new) = (table_means(old_csv), table_means(new_csv));
+    let matched: Vec<String> = new
+        .keys()
+        .filter(|k| old.contains_key(*k))
+        .cloned()
+        .collect();
+    let mut max_diff: Vec<(String, f64, String)> = Vec::new();
+    for v in &matched {
+        for (metric, &b) in &new[v] {
+            let Some(&a) = old[v].get(metric) else {
+                continue;
+            };
+            let d = (a - b).abs();
+            match max_diff.iter_mut().find(|(m, _, _)| m == metric) {
+                Some(e) if d > e.1 => *e = (metric.clone(), d, v.clone()),
+                Some(_) => {}
+                None => max_diff.push((metric.clone(), d, v.clone())),
+            }
+        }
+    }
+    Reproduction {
+        only_new: new
+            .keys()
+            .filter(|k| !old.contains_key(*k))
+            .cloned()
+            .collect(),
+        only_old: old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect(),
+        matched,
+        max_diff,
+    }
+}
+
+impl Reproduction {
+    /// Reproduced when every matched metric agrees to the printed precision (0.005) and the
+    /// variants are the same.
+    pub fn reproduced(&self) -> bool {
+        !self.matched.is_empty()
+            && self.only_new.is_empty()
+            && self.only_old.is_empty()
+            && self.max_diff.iter().all(|(_, d, _)| *d < 0.005)
+    }
+
+    pub fn summary(&self) -> String {
+        let diffs = self
+            .max_diff
+            .iter()
+            .map(|(m, d, v)| format!("{m} {d:.2} ({v})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut s = format!(
+            "{}: {} of the table's variants compared; largest difference per metric (x100): {diffs}",
+            if self.reproduced() {
+                "reproduced the committed table"
+            } else {
+                "did NOT reproduce the committed table"
+            },
+            self.matched.len()
+        );
+        if !self.only_new.is_empty() {
+            s += &format!("; new variants: {}", self.only_new.join(", "));
+        }
+        if !self.only_old.is_empty() {
+            s += &format!(
+                "; variants only in the committed table: {}",
+                self.only_old.join(", ")
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod reproduction_tests {
+    use super::*;
+
+    #[test]
+    fn compares_means_per_metric_and_names_the_variant() {
+        let old = "variant,n_seeds,auroc_px_mean,auroc_px_std,ap_px_mean,ap_px_std\n\
+                   a,2,60.0,1.0,2.0,0.1\n\"b,x\",2,70.0,1.0,3.0,0.1\n";
+        let new = "variant,n_seeds,auroc_px_mean,auroc_px_std,ap_px_mean,ap_px_std\n\
+                   a,2,60.004,9.0,2.5,0.1\n\"b,x\",2,69.0,1.0,3.0,0.1\nc,1,1,0,1,0\n";
+        let r = compare_tables(old, new);
+        assert_eq!(r.matched, vec!["a".to_string(), "b,x".to_string()]);
+        assert_eq!(r.only_new, vec!["c".to_string()]);
+        let get = |m: &str| r.max_diff.iter().find(|(k, _, _)| k == m).cloned().unwrap();
+        let (_, d, v) = get("auroc_px");
+        assert!((d - 1.0).abs() < 1e-9 && v == "b,x");
+        let (_, d, v) = get("ap_px");
+        assert!((d - 0.5).abs() < 1e-9 && v == "a");
+        assert!(!r.reproduced());
+        let same = compare_tables(old, old);
+        assert!(same.reproduced(), "{}", same.summary());
+    }
 }

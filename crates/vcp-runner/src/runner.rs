@@ -11,20 +11,15 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use vcp_model::VcpModel;
 
-/// Git commit and dirty flag of the working tree, if this is a git checkout.
+/// Commit and dirty flag of the code this binary was built from (embedded by `build.rs`;
+/// `None` when it was not built from a git checkout).
 pub fn git_state() -> (Option<String>, Option<bool>) {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-    };
-    let commit =
-        run(&["rev-parse", "HEAD"]).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let dirty =
-        run(&["status", "--porcelain", "--untracked-files=no"]).map(|o| !o.stdout.is_empty());
-    (commit, dirty)
+    let commit = env!("VCP_BUILD_COMMIT");
+    let dirty = env!("VCP_BUILD_DIRTY");
+    (
+        (commit != "unknown").then(|| commit.to_string()),
+        dirty.parse().ok(),
+    )
 }
 
 /// UTC time as RFC 3339 from the Unix clock (civil-from-days, no date crate needed).
@@ -61,6 +56,8 @@ pub struct RunOptions {
     pub cache_bytes: usize,
     /// Images per category kept for the qualitative grid.
     pub keep_images: usize,
+    /// The command that started the runs (recorded; printed under the tables).
+    pub command: String,
 }
 
 fn backbone_weights(
@@ -68,8 +65,11 @@ fn backbone_weights(
     device: &Device,
 ) -> Result<vcp_clip::ClipWeights> {
     if cfg.weights.is_empty() {
-        let c = vcp_clip::ClipConfig::preset(&cfg.preset)?;
-        Ok(vcp_clip::ClipWeights::random(&c, cfg.seed, device)?)
+        Ok(vcp_clip::ClipWeights::from_preset(
+            &cfg.preset,
+            cfg.seed,
+            device,
+        )?)
     } else {
         Ok(vcp_clip::ClipWeights::load(&cfg.weights, device)?)
     }
@@ -281,6 +281,7 @@ pub fn run_one(
         "hash": spec.hash,
         "dataset": {"train": exp.train.as_ref().map(|t| t.data.clone()), "eval": ec.data},
         "git": {"commit": commit, "dirty": dirty},
+        "command": o.command,
         "device": format!("{:?}", o.device),
         "dtype": serde_json::to_value(exp.backbone.dtype)?,
         "start": start_iso,

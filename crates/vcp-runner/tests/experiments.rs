@@ -40,3 +40,127 @@ fn every_ablation_file_expands() {
         .iter()
         .all(|r| r.seed == 5 && r.config.train.as_ref().unwrap().epochs == 1));
 }
+
+fn write_ablation(dir: &std::path::Path, head: &str, tail: &str) -> PathBuf {
+    let base = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments/vcp_clip_tiny.toml"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("base.toml"), base).unwrap();
+    let p = dir.join("ab.toml");
+    std::fs::write(
+        &p,
+        format!("{head}\nbase = \"base.toml\"\n[[variant]]\nname = \"a\"\nset = {{}}\n{tail}"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn malformed_experiment_files_are_errors_naming_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let err = |head: &str, tail: &str| {
+        let p = write_ablation(d.path(), head, tail);
+        format!(
+            "{:#}",
+            vcp_runner::experiment::load(&p, &[], None).unwrap_err()
+        )
+    };
+    let e = err("name = \"x\"\nseeds = \"1\"", "");
+    assert!(e.contains("seeds") && e.contains("ab.toml"), "{e}");
+    let e = err("name = \"x\"\nseeds = []", "");
+    assert!(e.contains("seeds") && e.contains("non-empty"), "{e}");
+    let e = err("name = \"x\"\nseeds = [0, \"a\"]", "");
+    assert!(e.contains("seeds"), "{e}");
+    let e = err("name = \"x\"", "[[variant]]\nname = \"a\"\nset = {}\n");
+    assert!(e.contains("`a` is used twice"), "{e}");
+    let e = err("name = \"x\"", "[[reference]]\nauroc_px = 0.9\n");
+    assert!(e.contains("reference 0") && e.contains("name"), "{e}");
+    let e = err(
+        "name = \"x\"",
+        "[[reference]]\nname = \"paper\"\nauroc = 0.9\n",
+    );
+    assert!(e.contains("reference 0") && e.contains("`auroc`"), "{e}");
+    let e = err(
+        "name = \"x\"",
+        "[[reference]]\nname = \"paper\"\nauroc_px = \"high\"\n",
+    );
+    assert!(e.contains("must be a number"), "{e}");
+    // A name that is a path stays a folder name under --results.
+    let p = write_ablation(d.path(), "name = \"../../etc/x\"", "");
+    let ab = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    assert!(
+        !ab.name.contains('/') && !ab.name.starts_with(".."),
+        "{}",
+        ab.name
+    );
+    let run_dir = ab.runs[0].dir(std::path::Path::new("results"));
+    assert!(run_dir.starts_with("results"), "{}", run_dir.display());
+    assert!(!run_dir
+        .components()
+        .any(|c| c == std::path::Component::ParentDir));
+}
+
+#[test]
+fn the_device_class_is_part_of_a_run_and_stale_records_are_left_out() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_ablation(d.path(), "name = \"x\"\nseeds = [0, 1]", "");
+    let cpu = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    let cpu2 = cpu.clone().on_device("cpu");
+    let cuda = cpu.clone().on_device("cuda:1");
+    assert_eq!(cpu.hashes(), cpu2.hashes());
+    assert!(cpu.hashes().iter().all(|h| !cuda.hashes().contains(h)));
+    // Records of the current runs are kept; others (an edited variant, another device) are not.
+    let exp = d.path().join("res/x");
+    let write = |dir: &str, hash: &str, auroc: f64| {
+        let r = exp.join("runs").join(dir);
+        std::fs::create_dir_all(&r).unwrap();
+        let rec = serde_json::json!({"variant": "a", "seed": 0, "hash": hash,
+            "metrics": {"mean": {"auroc_px": auroc}}, "wall_seconds": {"total": 1.0}});
+        std::fs::write(r.join("record.json"), rec.to_string()).unwrap();
+    };
+    write("a-current0", &cpu.runs[0].hash, 0.9);
+    write("a-current1", &cpu.runs[1].hash, 0.8);
+    write("a-edited", "0123456789abcdef", 0.1);
+    write("a-cuda", &cuda.runs[0].hash, 0.2);
+    let (recs, stale) = vcp_runner::report::load_records(&exp, Some(&cpu.hashes())).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(stale, vec!["a-cuda".to_string(), "a-edited".to_string()]);
+    let mean: f64 = recs
+        .iter()
+        .map(|r| r["metrics"]["mean"]["auroc_px"].as_f64().unwrap())
+        .sum::<f64>()
+        / 2.0;
+    assert!((mean - 0.85).abs() < 1e-12);
+}
+
+#[test]
+fn unknown_keys_are_reported_at_their_own_line_in_the_users_file() {
+    let d = tempfile::tempdir().unwrap();
+    // In a variant's overrides: the ablation file's line of that override.
+    let p = write_ablation(
+        d.path(),
+        "name = \"x\"",
+        "\n[[variant]]\nname = \"b\"\nset = { \"fusion.raw_weigth\" = 1.0 }\n",
+    );
+    let text = std::fs::read_to_string(&p).unwrap();
+    let line = text.lines().position(|l| l.contains("raw_weigth")).unwrap() + 1;
+    let e = format!(
+        "{:#}",
+        vcp_runner::experiment::load(&p, &[], None).unwrap_err()
+    );
+    assert!(
+        e.contains("ab.toml") && e.contains(&format!("line {line}")) && e.contains("raw_weigth"),
+        "{e} (want line {line})"
+    );
+    // In a plain experiment file: the key's own line, not the table's preceding blank line.
+    let base = std::fs::read_to_string(d.path().join("base.toml")).unwrap();
+    let bad = base.replacen("sigma = 8.0", "sigma = 8.0\nsigmaa = 2.0", 1);
+    let line = bad.lines().position(|l| l.starts_with("sigmaa")).unwrap() + 1;
+    let e = vcp_model::config::ExperimentConfig::from_toml(&bad, std::path::Path::new("exp.toml"))
+        .unwrap_err();
+    assert!(
+        e.contains(&format!("(line {line})")) && e.contains("sigmaa"),
+        "{e} (want line {line})"
+    );
+}

@@ -1,0 +1,16 @@
+//! # vcp-pretrain: a small CLIP that knows what a defect is
+//!
+//! Contrastive pretraining (the ordinary CLIP objective) of `vcp-clip`'s own towers on the
+//! procedural caption corpus of [`vcp_data::corpus`], on candle, CPU or CUDA.
+//! * [`config`]: the TOML recipe (`experiments/pretrain_tiny_clip.toml`), strict.
+//! * [`trainer`]: InfoNCE, AdamW with warm-up + cosine, checkpoints, resume, export.
+//! * [`heldout`]: retrieval, kind accuracy and zero-shot defect AUROC on held-out pairs.
+//! * [`run`]: the loop of `vcp pretrain-clip` (prefetched batches, progress, Ctrl-C, logs).
+
+pub mod config;
+pub mod heldout;
+pub mod run;
+pub mod trainer;
+
+pub use config::PretrainConfig;
+pub use trainer::{clip_loss, Trainer};

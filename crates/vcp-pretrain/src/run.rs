@@ -1,0 +1,206 @@
+//! The loop of `vcp pretrain-clip`: batches generated ahead on a producer thread, a progress
+//! bar (loss, logit scale, img/s, ETA), checkpoints every `train.checkpoint_every` steps and on
+//! Ctrl-C (the first stops at the next step, leaving a resumable checkpoint; a second exits at
+//! once), held-out evaluation every `train.eval_every` steps, logs as CSV.
+
+use crate::config::PretrainConfig;
+use crate::heldout;
+use crate::trainer::{make_batch, write_atomic, Batch, Trainer};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub resume: bool,
+    pub device: Device,
+    /// Provenance to record in the exported model (command, commit, machine).
+    pub provenance: serde_json::Value,
+    pub progress: bool,
+}
+
+/// What a finished (or interrupted) run reached.
+pub struct RunSummary {
+    pub steps: usize,
+    pub interrupted: bool,
+    pub wall_s: f64,
+    pub last_loss: f32,
+}
+
+fn install_interrupt() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let f = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&f));
+            let _ = signal_hook::flag::register(sig, Arc::clone(&f));
+        }
+        f
+    })
+    .clone()
+}
+
+fn append(path: &Path, header: &str, line: &str) -> Result<()> {
+    let new = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    if new {
+        writeln!(f, "{header}")?;
+    }
+    writeln!(f, "{line}").with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let mut tr = if opts.resume {
+        Trainer::resume(cfg.clone(), opts.device.clone(), &out.join("checkpoint"))?
+    } else {
+        if out.join("checkpoint").join("checkpoint.json").exists() {
+            anyhow::bail!(
+                "{}: a checkpoint exists; pass --resume to continue it or choose another --out",
+                out.display()
+            );
+        }
+        // Fresh run: old logs would mix with the new ones.
+        for f in ["log.csv", "heldout.csv"] {
+            let _ = std::fs::remove_file(out.join(f));
+        }
+        Trainer::new(cfg.clone(), opts.device.clone())?
+    };
+    write_atomic(&out.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
+    let flag = install_interrupt();
+    let total = cfg.train.steps;
+    let start_step = tr.step;
+    let heldout = heldout::heldout_samples(
+        cfg.corpus.seed,
+        cfg.eval.heldout,
+        cfg.model.vision.image_size,
+    );
+
+    // Producer: batches of the coming steps, two ahead.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Batch>)>(2);
+    let pcfg = cfg.clone();
+    let producer = std::thread::spawn(move || {
+        let tok = match vcp_clip::Tokenizer::clip() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = tx.send((start_step, Err(e.into())));
+                return;
+            }
+        };
+        for step in start_step..total {
+            if tx.send((step, make_batch(&pcfg, &tok, step))).is_err() {
+                return;
+            }
+        }
+    });
+
+    let bar = if opts.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>10} [{bar:30}] {pos}/{len} steps {msg} {elapsed_precise} eta {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("pretrain");
+    bar.set_position(start_step as u64);
+    let t0 = Instant::now();
+    let mut last_loss = f32::NAN;
+    let mut ema_rate = 0.0f64;
+    let mut interrupted = false;
+    let log = out.join("log.csv");
+    while tr.step < total {
+        if flag.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        let (s, batch) = rx.recv().context("the batch producer stopped")?;
+        debug_assert_eq!(s, tr.step);
+        let batch = batch?;
+        let ts = Instant::now();
+        let loss = tr.train_step(&batch);
+        let loss = match loss {
+            Ok(l) => l,
+            Err(e) => {
+                bar.abandon();
+                return Err(e);
+            }
+        };
+        let dt = ts.elapsed().as_secs_f64();
+        let rate = batch.n as f64 / dt.max(1e-9);
+        ema_rate = if ema_rate == 0.0 {
+            rate
+        } else {
+            0.9 * ema_rate + 0.1 * rate
+        };
+        last_loss = loss;
+        let ls = tr.logit_scale()?;
+        append(
+            &log,
+            "step,loss,lr,logit_scale,img_per_s,wall_s",
+            &format!(
+                "{},{loss:.5},{:.3e},{:.3},{rate:.1},{:.1}",
+                tr.step,
+                cfg.lr_at(tr.step - 1),
+                ls.exp(),
+                t0.elapsed().as_secs_f64()
+            ),
+        )?;
+        bar.set_message(format!(
+            "loss {loss:.3} scale {:.1} {ema_rate:.0} img/s",
+            ls.exp()
+        ));
+        bar.set_position(tr.step as u64);
+        if tr.step % cfg.train.checkpoint_every == 0 || tr.step == total {
+            tr.save_checkpoint(&out.join("checkpoint"))?;
+        }
+        if tr.step % cfg.train.eval_every == 0 || tr.step == total {
+            let clip = tr.model()?;
+            let r = heldout::evaluate(&clip, &heldout, &tr.device)?;
+            append(
+                &out.join("heldout.csv"),
+                "step,recall1_t2i,recall1_i2t,kind_accuracy,defect_auroc",
+                &format!(
+                    "{},{:.4},{:.4},{:.4},{:.4}",
+                    tr.step, r.recall1_t2i, r.recall1_i2t, r.kind_accuracy, r.defect_auroc
+                ),
+            )?;
+            bar.println(format!(
+                "step {}: loss {loss:.3}, held-out R@1 t2i {:.3} i2t {:.3}, kind acc {:.3}, defect AUROC {:.3}",
+                tr.step, r.recall1_t2i, r.recall1_i2t, r.kind_accuracy, r.defect_auroc
+            ));
+        }
+    }
+    drop(rx);
+    let _ = producer.join();
+    if interrupted {
+        tr.save_checkpoint(&out.join("checkpoint"))?;
+        bar.abandon_with_message(format!(
+            "interrupted at step {}: checkpoint saved, continue with --resume",
+            tr.step
+        ));
+    } else {
+        bar.finish();
+        tr.export(out, opts.provenance.clone())?;
+    }
+    Ok(RunSummary {
+        steps: tr.step,
+        interrupted,
+        wall_s: t0.elapsed().as_secs_f64(),
+        last_loss,
+    })
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerate every committed result table on this machine from a clean, committed tree:
+# the default ablation, the zero-shot table of the pretrained CLIP and the new-component
+# experiments (3 seeds each). Prints each experiment's wall time. ~30-40 min on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    echo "the tree has uncommitted changes: commit first, so the records name the code" >&2
+    exit 1
+fi
+cargo build --release -p vcp-cli
+for exp in "" experiments/zero_shot.toml experiments/ablate_heads.toml experiments/fewshot.toml \
+           experiments/backbones.toml experiments/state_words.toml; do
+    t0=$(date +%s)
+    ./target/release/vcp ablate $exp | tail -4
+    echo "== ${exp:-default ablation}: $(( $(date +%s) - t0 )) s"
+done

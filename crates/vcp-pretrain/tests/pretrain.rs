@@ -241,3 +241,15 @@ fn embedded_weights_reproduce_the_model_card() {
     // ... and the numbers are those of a model that learned something.
     assert!(r.defect_auroc > 0.7 && r.kind_accuracy > 0.3, "{r:?}");
 }
+
+#[test]
+fn the_committed_recipe_parses_and_describes_the_embedded_model() {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../experiments/pretrain_tiny_clip.toml");
+    let cfg = PretrainConfig::load(&p).unwrap();
+    let embedded = vcp_clip::pretrained::tiny_pretrained_config().unwrap();
+    assert_eq!(cfg.model, embedded, "the recipe's architecture is the embedded model's");
+    let card = vcp_clip::pretrained::card().unwrap();
+    assert_eq!(card["corpus_seed"].as_u64(), Some(cfg.corpus.seed));
+    assert_eq!(card["steps"].as_u64(), Some(cfg.train.steps as u64));
+}

@@ -248,7 +248,10 @@ fn the_committed_recipe_parses_and_describes_the_embedded_model() {
         .join("../../experiments/pretrain_tiny_clip.toml");
     let cfg = PretrainConfig::load(&p).unwrap();
     let embedded = vcp_clip::pretrained::tiny_pretrained_config().unwrap();
-    assert_eq!(cfg.model, embedded, "the recipe's architecture is the embedded model's");
+    assert_eq!(
+        cfg.model, embedded,
+        "the recipe's architecture is the embedded model's"
+    );
     let card = vcp_clip::pretrained::card().unwrap();
     assert_eq!(card["corpus_seed"].as_u64(), Some(cfg.corpus.seed));
     assert_eq!(card["steps"].as_u64(), Some(cfg.train.steps as u64));

@@ -655,7 +655,7 @@ pub fn line_chart(
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerRight)
             .draw()
             .map_err(pe)?;
         root.present().map_err(pe)?;

@@ -528,15 +528,7 @@ fn render_object(kind: &str, base: [f32; 3], size: usize, rng: &mut Rng) -> (Can
 fn draw_extra_defect(c: &mut Canvas, support: &[bool], kind: &str, boost: f32, rng: &mut Rng) {
     let size = c.size;
     let s = size as f32;
-    let (mut cx, mut cy) = (s / 2.0, s / 2.0);
-    for _ in 0..200 {
-        let (x, y) = (rng.int(size), rng.int(size));
-        if support[y * size + x] {
-            cx = x as f32;
-            cy = y as f32;
-            break;
-        }
-    }
+    let (cx, cy) = synth::defect_centre(size, support, rng);
     let scale = rng.range(0.6, 1.6) * s / 128.0 * boost;
     match kind {
         "colour spot" => {

@@ -306,21 +306,23 @@ pub fn render_normal(category: &str, size: usize, rng: &mut Rng) -> (Canvas, Vec
     (c, support)
 }
 
+/// Where a defect goes: a random pixel of the support (up to 200 draws), else the centre.
+pub(crate) fn defect_centre(size: usize, support: &[bool], rng: &mut Rng) -> (f32, f32) {
+    for _ in 0..200 {
+        let (x, y) = (rng.int(size), rng.int(size));
+        if support[y * size + x] {
+            return (x as f32, y as f32);
+        }
+    }
+    (size as f32 / 2.0, size as f32 / 2.0)
+}
+
 /// Draw one defect of `kind`; changes pixels of `c` only. `boost` scales the defect's size
 /// (1 for the benchmark; the caption corpus draws larger defects on its smaller images).
 pub(crate) fn draw_defect(c: &mut Canvas, support: &[bool], kind: &str, boost: f32, rng: &mut Rng) {
     let size = c.size;
     let s = size as f32;
-    // A location on the support.
-    let (mut cx, mut cy) = (s / 2.0, s / 2.0);
-    for _ in 0..200 {
-        let (x, y) = (rng.int(size), rng.int(size));
-        if support[y * size + x] {
-            cx = x as f32;
-            cy = y as f32;
-            break;
-        }
-    }
+    let (cx, cy) = defect_centre(size, support, rng);
     let scale = rng.range(0.5, 1.6) * s / 128.0 * boost;
     match kind {
         "scratch" | "crack" => {

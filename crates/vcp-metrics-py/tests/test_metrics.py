@@ -44,15 +44,20 @@ def load_cases():
     return out
 
 
-def test_committed_cases_equal_the_references():
-    expected = json.load(open(os.path.join(CASES, "expected.json")))["top1"]
-    cases = load_cases()
+def stacked_cases():
+    """The committed cases as flat lists (maps, masks, labels, category names)."""
     maps, masks, labels, cats = [], [], [], []
-    for cls, (m, k, l) in cases.items():
+    for cls, (m, k, l) in load_cases().items():
         maps += m
         masks += k
         labels += l
         cats += [cls] * len(m)
+    return maps, masks, labels, cats
+
+
+def test_committed_cases_equal_the_references():
+    expected = json.load(open(os.path.join(CASES, "expected.json")))["top1"]
+    maps, masks, labels, cats = stacked_cases()
     r = vcp_metrics.evaluate(maps, masks, labels=labels, categories=cats)
     assert set(r["categories"]) == set(expected)
     for cls, want in expected.items():
@@ -139,13 +144,7 @@ def test_identical_to_vcp_eval_maps(tmp_path):
         check=True, capture_output=True,
     )
     cli = json.load(open(out / "metrics.json"))
-    cases = load_cases()
-    maps, masks, labels, cats = [], [], [], []
-    for cls, (m, k, l) in cases.items():
-        maps += m
-        masks += k
-        labels += l
-        cats += [cls] * len(m)
+    maps, masks, labels, cats = stacked_cases()
     r = vcp_metrics.evaluate(maps, masks, labels=labels, categories=cats)
     for cls in cli["categories"]:
         for k in vcp_metrics.COLUMNS:

@@ -329,13 +329,7 @@ impl Trainer {
                 first_difference(&saved.model, &cfg.model)
             );
         }
-        let all = candle_core::safetensors::load(&spath, &Device::Cpu).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot read ({})",
-                spath.display(),
-                e.to_string().lines().next().unwrap_or("")
-            )
-        })?;
+        let all = read_safetensors(&spath)?;
         let mut params = HashMap::new();
         for (k, t) in &all {
             if let Some(n) = k.strip_prefix("param/") {
@@ -410,15 +404,20 @@ pub fn card_check(w: &ClipWeights, corpus_seed: u64) -> Result<crate::heldout::H
     crate::heldout::evaluate(&clip, &samples, &Device::Cpu)
 }
 
-/// Read an exported `NAME.safetensors` (f16) back as f32 weights of `model`.
-pub fn load_exported(path: &Path, model: &vcp_clip::ClipConfig) -> Result<ClipWeights> {
-    let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+/// All tensors of a safetensors file on the CPU; errors name the file on one line.
+fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
         anyhow::anyhow!(
             "{}: cannot read ({})",
             path.display(),
             e.to_string().lines().next().unwrap_or("")
         )
-    })?;
+    })
+}
+
+/// Read an exported `NAME.safetensors` (f16) back as f32 weights of `model`.
+pub fn load_exported(path: &Path, model: &vcp_clip::ClipConfig) -> Result<ClipWeights> {
+    let raw = read_safetensors(path)?;
     let t = raw
         .into_iter()
         .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))

@@ -58,9 +58,7 @@ pub fn run(a: Args) -> Result<()> {
     bb.dtype = a.dtype.parse().map_err(anyhow::Error::msg)?;
     let w = ClipWeights::random(&cfg, 0, &dev)?;
     let mut mc = presets::vcp_clip(bb, cfg.text.layers);
-    if let vcp_model::config::DeepPromptConfig::Dtp { dropout, .. } = &mut mc.deep_prompt {
-        *dropout = 0.0;
-    }
+    mc.deep_prompt.set("dropout", 0.0);
     let model = VcpModel::new(&mc, &w, 0, &dev).map_err(|e| anyhow::anyhow!("{e}"))?;
     drop(w);
     let b = a.batch;

@@ -10,9 +10,10 @@ use crate::util::parse_layers;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use vcp_model::config::{ExperimentConfig, Normalize};
+use vcp_model::config::Normalize;
 use vcp_model::fusion::finalize;
 use vcp_model::{presets, VcpModel};
+use vcp_runner::config::ExperimentConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -64,6 +65,9 @@ fn experiment(a: &Args) -> Result<ExperimentConfig> {
     if let Some(text) = vcp_model::checkpoint::stored_config(&a.checkpoint)? {
         let m: vcp_model::ModelConfig = toml::from_str(&text)
             .with_context(|| format!("{}: stored config", a.checkpoint.display()))?;
+        let m = m
+            .normalized(vcp_model::registry())
+            .map_err(|e| anyhow::anyhow!("{}: stored config: {e}", a.checkpoint.display()))?;
         return Ok(ExperimentConfig::from_model("checkpoint", m));
     }
     let clip = a.clip.clone().with_context(|| {

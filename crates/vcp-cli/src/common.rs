@@ -5,8 +5,8 @@ use candle_core::Device;
 use std::path::{Path, PathBuf};
 use vcp_clip::ClipWeights;
 use vcp_data::Meta;
-use vcp_model::config::{ExperimentConfig, SynthConfig};
 use vcp_model::VcpModel;
+use vcp_runner::config::{ExperimentConfig, SynthConfig};
 
 /// Resolve `synth:<domain>` (generated on first use) or a meta.json path to (meta, meta path, root).
 pub fn resolve_data(

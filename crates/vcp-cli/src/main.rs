@@ -21,6 +21,7 @@ mod cmd_tokenize;
 mod cmd_train;
 mod cmd_weights;
 mod common;
+mod components;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -72,6 +73,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = vcp_model::install_registry(components::registry()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokenize(a) => cmd_tokenize::run(a),

@@ -35,3 +35,14 @@ impl ClipError {
 }
 
 pub type Result<T> = std::result::Result<T, ClipError>;
+
+/// Component code works in candle's error type: a backbone error becomes its message (a candle
+/// error inside is passed through unchanged).
+impl From<ClipError> for candle_core::Error {
+    fn from(e: ClipError) -> Self {
+        match e {
+            ClipError::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}

@@ -2,46 +2,12 @@
 //! `calcuate_metric`): upsample logits, softmax over {normal, abnormal}, reduce over layers per
 //! branch, blend the branches, Gaussian smoothing, normalisation, top-k image score.
 //!
-//! Upsampling is `R X R^T` with an interpolation matrix `R`: the same numbers as PyTorch's
-//! bilinear `F.interpolate`, but built from matmuls, which have a backward in candle (its
-//! `upsample_bilinear2d` has none). Post-processing that needs no gradient is plain Rust.
+//! Upsampling is `vcp_core::ops::upsample` (matmuls, with a backward). Post-processing that
+//! needs no gradient is plain Rust.
 
 use crate::config::{FusionConfig, ImageScoreConfig, Normalize, Upsample};
-use candle_core::{Device, Result, Tensor};
-
-/// Bilinear interpolation matrix `[out, in]` (PyTorch semantics for both corner modes).
-pub fn interp_matrix(inp: usize, out: usize, align_corners: bool, dev: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; out * inp];
-    for i in 0..out {
-        let src = if align_corners {
-            if out > 1 {
-                i as f64 * (inp as f64 - 1.0) / (out as f64 - 1.0)
-            } else {
-                0.0
-            }
-        } else {
-            ((i as f64 + 0.5) * inp as f64 / out as f64 - 0.5).max(0.0)
-        };
-        let i0 = (src.floor() as usize).min(inp - 1);
-        let i1 = (i0 + 1).min(inp - 1);
-        let w = (src - i0 as f64) as f32;
-        m[i * inp + i0] += 1.0 - w;
-        m[i * inp + i1] += w;
-    }
-    Tensor::from_vec(m, (out, inp), dev)
-}
-
-/// # Shapes
-/// `x`: [B, C, g, g] → [B, C, S, S].
-pub fn upsample(x: &Tensor, size: usize, mode: Upsample) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let align = mode == Upsample::BilinearAlignCorners;
-    let ry = interp_matrix(h, size, align, x.device())?; // [S, h]
-    let rx = interp_matrix(w, size, align, x.device())?; // [S, w]
-    let y = x.reshape((b * c, h, w))?.broadcast_matmul(&rx.t()?)?; // [BC, h, S]
-    let y = ry.broadcast_left(b * c)?.matmul(&y)?; // [BC, S, S]
-    y.reshape((b, c, size, size))
-}
+use candle_core::{Result, Tensor};
+pub use vcp_core::ops::{interp_matrix, upsample};
 
 /// Softmax over the two state channels of upsampled logits → probabilities `[B, 2, S, S]`.
 pub fn probs(logits: &Tensor, size: usize, mode: Upsample) -> Result<Tensor> {
@@ -227,6 +193,7 @@ pub fn finalize(images: &[ImageMaps], cfg: &FusionConfig) -> Finalized {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn interp_endpoints_and_rows_sum_to_one() {

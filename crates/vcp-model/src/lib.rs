@@ -1,13 +1,14 @@
-//! # vcp-model: VCP-CLIP and its peers as swappable components
+//! # vcp-model: the baseline CLIP anomaly architecture, assembled from components
 //!
-//! Slots (each a serde enum in [`config`], each with an "off" variant):
-//! text prompt ([`prompt`]: UTP, hand-crafted ensembles, learned context), deep text prompts
-//! ([`dtp`]), category tokens ([`pre_vcp`]: static or Pre-VCP), text refiner ([`post_vcp`]),
-//! patch head ([`head`], or the DETR-style [`decoder`]), fusion and scoring ([`fusion`]), few-shot
-//! references ([`fewshot`]: memory bank, reference-conditioned normal prompt); the image tower's
-//! attention (dense-CLIP paths) and compute dtype are backbone settings. [`model::VcpModel`] assembles them on
-//! the frozen CLIP of `vcp-clip`; [`loss`] and [`checkpoint`] serve training and inference;
-//! [`presets`] express VCP-CLIP, APRIL-GAN-style and AnomalyCLIP-style models.
+//! A model is the frozen CLIP of `vcp-clip` plus one component per slot, each from its own
+//! crate through the registry of `vcp-core`: text prompt (`vcp-prompt`: UTP, hand-crafted
+//! ensembles, learned context), deep text prompts (`vcp-dtp`), category tokens (`vcp-pre-vcp`:
+//! static or Pre-VCP), text refiner (`vcp-post-vcp`), patch head (`vcp-heads`: linear, CLIP
+//! projection, DETR-style decoder) and few-shot references (`vcp-fewshot`). This crate keeps
+//! what is common to all of them: the assembly ([`model::VcpModel`]: text-patch maps of each
+//! tapped layer, the two branches), fusion and scoring ([`fusion`]), the losses ([`loss`]),
+//! checkpoints with the official name map ([`checkpoint`]) and the [`presets`] (VCP-CLIP,
+//! APRIL-GAN-style, AnomalyCLIP-style).
 //!
 //! Every detail of the reference (exact GELU, Conv1d Pre-VCP, unscaled Post-VCP attention, EOT
 //! shift, upsample-then-softmax, 0.2/0.8 blend, sigma-8 smoothing, per-category min-max,
@@ -15,18 +16,32 @@
 
 pub mod checkpoint;
 pub mod config;
-pub mod decoder;
-pub mod dtp;
-pub mod fewshot;
 pub mod fusion;
-pub mod head;
 pub mod loss;
 pub mod model;
-pub mod params;
-pub mod post_vcp;
-pub mod pre_vcp;
 pub mod presets;
-pub mod prompt;
 
 pub use config::ModelConfig;
 pub use model::{Features, Logits, VcpModel};
+pub use vcp_core::{Registry, SlotConfig};
+
+/// The workspace's own components: every kind of every slot.
+pub fn standard_registry() -> Registry {
+    Registry::empty()
+        .with(vcp_prompt::register)
+        .with(vcp_dtp::register)
+        .with(vcp_pre_vcp::register)
+        .with(vcp_post_vcp::register)
+        .with(vcp_heads::register)
+}
+
+/// The process's registry: the one the binary installed with [`install_registry`], else
+/// [`standard_registry`].
+pub fn registry() -> &'static Registry {
+    vcp_core::registry::global_or_init(standard_registry)
+}
+
+/// Install the process's registry (once, before any configuration is read).
+pub fn install_registry(reg: Registry) -> Result<(), String> {
+    vcp_core::registry::install(reg)
+}

@@ -1,22 +1,20 @@
-//! The assembled model: frozen CLIP + the configured components (reference `train.py`/`test.py`
+//! The assembled model: frozen CLIP + one component per slot (reference `train.py`/`test.py`
 //! loop bodies). Image features come from the frozen tower once (and can be cached); everything
 //! after them is differentiable with respect to the trainable parameters only.
+//!
+//! The components come from the registry (`crate::registry()`), so this file knows no
+//! component kind: it asks the components what they need (category tokens, text, a refiner).
 
-use crate::config::{
-    CategoryConfig, DeepPromptConfig, HeadConfig, LayerReduce, ModelConfig, PromptConfig,
-    RefinerConfig,
-};
-use crate::decoder::AnomalyDecoder;
-use crate::dtp::Dtp;
-use crate::fewshot::References;
+use crate::config::{LayerReduce, ModelConfig};
 use crate::fusion::{probs, ImageMaps};
-use crate::head::PatchHead;
-use crate::params::Params;
-use crate::post_vcp::{l2norm, PostVcp};
-use crate::pre_vcp::Category;
-use crate::prompt::TextPrompt;
 use candle_core::{Device, Result, Tensor, Var};
-use vcp_clip::{Clip, ClipOptions, ClipWeights, PromptHook, Tokenizer};
+use vcp_clip::{Clip, ClipOptions, ClipWeights, Tokenizer};
+use vcp_core::{
+    l2norm, BuildCtx, CategoryTokens, DeepPrompt, HeadInput, Params, PatchHead, Refiner, Registry,
+    TextCtx, TextPrompt,
+};
+pub use vcp_core::{Features, Trace};
+use vcp_fewshot::References;
 
 /// Images per frozen-tower forward in [`VcpModel::encode_images`].
 pub const ENCODE_CHUNK: usize = 8;
@@ -24,85 +22,20 @@ pub const ENCODE_CHUNK: usize = 8;
 /// Trainable variables with their names.
 pub type NamedVars = Vec<(String, Var)>;
 
-/// Outputs of the frozen image tower for a batch.
-#[derive(Debug, Clone)]
-pub struct Features {
-    /// Per tapped layer, `[B, 1 + g*g, W]`, class token first.
-    pub layers: Vec<Tensor>,
-    /// `[B, D]`, unnormalised.
-    pub global: Tensor,
-    pub grid: usize,
-}
-
-impl Features {
-    pub fn batch(&self) -> Result<usize> {
-        self.global.dim(0)
-    }
-    /// Select images `idx` (e.g. to assemble a batch from cached features).
-    pub fn select(&self, idx: &[usize]) -> Result<Features> {
-        let ids = Tensor::from_vec(
-            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            idx.len(),
-            self.global.device(),
-        )?;
-        Ok(Features {
-            layers: self
-                .layers
-                .iter()
-                .map(|t| t.index_select(&ids, 0))
-                .collect::<Result<_>>()?,
-            global: self.global.index_select(&ids, 0)?,
-            grid: self.grid,
-        })
-    }
-    pub fn cat(parts: &[Features]) -> Result<Features> {
-        let n = parts[0].layers.len();
-        Ok(Features {
-            layers: (0..n)
-                .map(|i| {
-                    Tensor::cat(
-                        &parts
-                            .iter()
-                            .map(|p| p.layers[i].clone())
-                            .collect::<Vec<_>>(),
-                        0,
-                    )
-                })
-                .collect::<Result<_>>()?,
-            global: Tensor::cat(
-                &parts.iter().map(|p| p.global.clone()).collect::<Vec<_>>(),
-                0,
-            )?,
-            grid: parts[0].grid,
-        })
-    }
-}
-
-/// Intermediates, for parity tests and debugging.
-#[derive(Debug, Default)]
-pub struct Trace {
-    pub class_tokens: Option<Tensor>,
-    /// Input of text layer 1 after deep-prompt insertion, `[2, Bc, L, W]`.
-    pub layer1_input: Option<Tensor>,
-    pub raw_linear: Vec<Tensor>,
-    pub post_q: Vec<Tensor>,
-    pub post_k: Vec<Tensor>,
-    pub post_v: Vec<Tensor>,
-    pub post_attn_out: Vec<Tensor>,
-    pub post_refined: Vec<Tensor>,
-}
-
 /// Per-layer logits of both branches.
 #[derive(Debug)]
 pub struct Logits {
-    /// `[B, 2, D]`, normalised.
+    /// `[B, 2, D]`, normalised (zeros when nothing reads the text).
     pub text: Tensor,
     /// Per tap `[B, 2, g, g]`.
     pub raw: Vec<Tensor>,
-    /// Per tap `[B, 2, g, g]`; empty when the refiner is the identity.
+    /// Per tap `[B, 2, g, g]`; empty without a refiner.
     pub refined: Vec<Tensor>,
-    /// Class token vs text, `[B, 2]` (scaled cosine logits).
+    /// Image-level two-class logits `[B, 2]`: class token vs text (scaled cosines), or `[0, z]`
+    /// from a head with its own image logit `z` (softmax gives sigmoid(z)).
     pub cls: Tensor,
+    /// Whether `cls` is a head's own image logit (then the loss adds its BCE).
+    pub head_image_logit: bool,
     pub trace: Option<Trace>,
 }
 
@@ -113,24 +46,30 @@ pub struct VcpModel {
     pub clip: Clip,
     pub tokenizer: Tokenizer,
     pub params: Params,
-    prompt: TextPrompt,
-    dtp: Option<Dtp>,
-    category: Category,
-    refiner: Option<PostVcp>,
-    head: PatchHead,
-    /// The DETR-style head (`head.kind = "decoder"`), replacing the text-patch map.
-    decoder: Option<AnomalyDecoder>,
+    prompt: Box<dyn TextPrompt>,
+    deep_prompt: Option<Box<dyn DeepPrompt>>,
+    category: Option<Box<dyn CategoryTokens>>,
+    refiner: Option<Box<dyn Refiner>>,
+    head: Box<dyn PatchHead>,
     tau_raw: Tensor,
     tau_post: Option<Tensor>,
 }
 
-fn err(e: vcp_clip::ClipError) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
-}
-
 impl VcpModel {
-    /// Build with trainable parameters initialised from `seed` (reference initialisers).
+    /// Build with trainable parameters initialised from `seed` (reference initialisers), with
+    /// the process's registry.
     pub fn new(
+        cfg: &ModelConfig,
+        weights: &ClipWeights,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::new_in(crate::registry(), cfg, weights, seed, device)
+    }
+
+    /// [`Self::new`] with an explicit registry.
+    pub fn new_in(
+        reg: &Registry,
         cfg: &ModelConfig,
         weights: &ClipWeights,
         seed: u64,
@@ -144,91 +83,94 @@ impl VcpModel {
             dtype: cfg.backbone.dtype.dtype(),
             dense: dense_path(&cfg.backbone)?,
         };
-        let clip = Clip::new(weights, &opts).map_err(err)?;
-        let tokenizer = Tokenizer::vcp().map_err(err)?;
-        let (tw, embed, vw) = (
-            clip.text.width(),
-            clip.text.embed_dim().map_err(err)?,
-            clip.vision.width(),
-        );
+        let clip = Clip::new(weights, &opts)?;
+        let tokenizer = Tokenizer::vcp()?;
         let mut p = Params::new(seed, device);
-        // Creation order follows the reference (LinearLayer, Context_Prompting, Zero_Parameter,
-        // CLIP prompts) so that names list like its checkpoint.
-        let mut decoder = None;
-        let head = match cfg.head {
-            HeadConfig::LinearProj => {
-                PatchHead::linear(&mut p, cfg.backbone.taps.len(), vw, embed)?
-            }
-            HeadConfig::ClipProj => PatchHead::ClipProj,
-            HeadConfig::Decoder {
-                queries,
-                layers,
-                heads,
-                dim,
-                text_queries,
-            } => {
-                decoder = Some(AnomalyDecoder::new(
-                    &mut p,
-                    cfg.backbone.taps.len(),
-                    vw,
-                    embed,
-                    queries,
-                    layers,
-                    heads,
-                    dim,
-                    text_queries,
-                )?);
-                // Only used to pool few-shot references into the joint space.
-                PatchHead::ClipProj
-            }
+        let mut ctx = BuildCtx {
+            params: &mut p,
+            clip: &clip,
+            tokenizer: &tokenizer,
+            taps: cfg.backbone.taps.len(),
+            device,
         };
-        let category = Category::new(&cfg.category, &mut p, tw, embed)?;
-        let tau_raw = p.scalar(
+        // Creation order follows the reference (LinearLayer, Context_Prompting, Zero_Parameter,
+        // CLIP prompts), so that names list like its checkpoint and a seed draws the same
+        // initial values as before the components became crates.
+        let head = reg
+            .head
+            .build(&cfg.head, &mut ctx)?
+            .ok_or_else(|| candle_core::Error::Msg("head: every model needs a head".into()))?;
+        let category = reg.category.build(&cfg.category, &mut ctx)?;
+        let tau_raw = ctx.params.scalar(
             "temperature.raw",
             cfg.temperature.init,
             cfg.temperature.learnable,
         )?;
-        let (refiner, tau_post) = match &cfg.refiner {
-            RefinerConfig::Identity => (None, None),
-            RefinerConfig::PostVcp { heads, scaled } => (
-                Some(PostVcp::new(&mut p, embed, vw, *heads, *scaled)?),
-                Some(p.scalar(
-                    "temperature.post",
-                    cfg.temperature.init,
-                    cfg.temperature.learnable,
-                )?),
-            ),
+        let refiner = reg.refiner.build(&cfg.refiner, &mut ctx)?;
+        let tau_post = match &refiner {
+            Some(_) => Some(ctx.params.scalar(
+                "temperature.post",
+                cfg.temperature.init,
+                cfg.temperature.learnable,
+            )?),
+            None => None,
         };
-        let prompt = TextPrompt::new(&cfg.prompt, &mut p, &tokenizer, &clip.text, device)?;
-        let dtp = match &cfg.deep_prompt {
-            DeepPromptConfig::None => None,
-            DeepPromptConfig::Dtp {
-                tokens,
-                depth,
-                dropout,
-            } => Some(Dtp::new(&mut p, *tokens, *depth, tw, *dropout)?),
-        };
-        Ok(Self {
+        let prompt = reg
+            .prompt
+            .build(&cfg.prompt, &mut ctx)?
+            .ok_or_else(|| candle_core::Error::Msg("prompt: every model needs a prompt".into()))?;
+        let deep_prompt = reg.deep_prompt.build(&cfg.deep_prompt, &mut ctx)?;
+        let m = Self {
             cfg: cfg.clone(),
             seed,
             clip,
             tokenizer,
             params: p,
             prompt,
-            dtp,
+            deep_prompt,
             category,
             refiner,
             head,
-            decoder,
             tau_raw,
             tau_post,
-        })
+        };
+        m.validate_components()?;
+        Ok(m)
+    }
+
+    /// Cross-slot rules, asked of the components themselves.
+    fn validate_components(&self) -> Result<()> {
+        let bad = |m: String| Err(candle_core::Error::Msg(m));
+        let (pk, ck) = (self.cfg.prompt.kind(), self.cfg.category.kind());
+        match (self.prompt.takes_category_tokens(), &self.category) {
+            (true, None) => {
+                return bad(format!("prompt.kind = \"{pk}\" needs category tokens: set category.kind = \"static\" or \"pre_vcp\""))
+            }
+            (false, Some(_)) => {
+                return bad(format!("category tokens (category.kind = \"{ck}\") only apply to a prompt that takes them (e.g. prompt.kind = \"utp\"), not prompt.kind = \"{pk}\""))
+            }
+            _ => {}
+        }
+        let hk = self.cfg.head.kind();
+        if self.refiner.is_some() && !self.head.allows_refiner() {
+            return bad(format!(
+                "head.kind = \"{hk}\" replaces the text-patch maps: set refiner.kind = \"identity\""
+            ));
+        }
+        if self.cfg.fewshot.normal_prompt > 0.0 && !self.head.compares_text_with_patches() {
+            return bad(format!("fewshot.normal_prompt needs a text-patch head (head.kind = linear_proj or clip_proj), not head.kind = \"{hk}\""));
+        }
+        Ok(())
+    }
+
+    /// Whether the text embeddings depend on the category name (batches must not mix them).
+    pub fn text_depends_on_class(&self) -> bool {
+        self.prompt.depends_on_class_name()
     }
 
     pub fn device(&self) -> &Device {
         self.tau_raw.device()
     }
-
     /// Frozen image features (no graph is kept).
     ///
     /// # Shapes
@@ -245,11 +187,7 @@ impl VcpModel {
                 .collect::<Result<Vec<_>>>()?;
             return Features::cat(&parts);
         }
-        let out = self
-            .clip
-            .vision
-            .forward(pixels, &self.cfg.backbone.taps)
-            .map_err(err)?;
+        let out = self.clip.vision.forward(pixels, &self.cfg.backbone.taps)?;
         Ok(Features {
             layers: out.layers.into_iter().map(|(_, t)| t.detach()).collect(),
             global: out.global.detach(),
@@ -257,7 +195,7 @@ impl VcpModel {
         })
     }
 
-    /// Text embeddings `[B, 2, D]` for these images (category `class` for hand-crafted prompts).
+    /// Text embeddings `[B, 2, D]` for these images (category `class` for prompts that name it).
     pub fn text_embeddings(
         &self,
         f: &Features,
@@ -266,22 +204,27 @@ impl VcpModel {
     ) -> Result<(Tensor, Trace)> {
         let mut trace = Trace::default();
         let b = f.batch()?;
-        let cat = self.category.tokens(&f.global)?;
+        let cat = match &self.category {
+            Some(c) => Some(c.tokens(&f.global)?),
+            None => None,
+        };
         trace.class_tokens = cat.clone();
-        let (t, layer1) = self.prompt.encode(
-            &self.clip,
-            &self.tokenizer,
-            cat.as_ref(),
-            self.dtp.as_ref(),
-            train,
-            class,
-        )?;
-        if let (Some(l1), Some(d)) = (layer1, &self.dtp) {
+        let hook = match &self.deep_prompt {
+            Some(d) => Some(d.hook(train)?),
+            None => None,
+        };
+        let ctx = TextCtx {
+            clip: &self.clip,
+            tokenizer: &self.tokenizer,
+        };
+        let (t, layer1) = self
+            .prompt
+            .encode(&ctx, cat.as_ref(), hook.as_deref(), class)?;
+        if let (Some(l1), Some(d)) = (layer1, &self.deep_prompt) {
             let (s, bc, l, w) = l1.dims4()?;
             let ins = d
                 .hook(false)?
-                .before_layer(0, &l1.reshape((s * bc, l, w))?)
-                .map_err(err)?;
+                .before_layer(0, &l1.reshape((s * bc, l, w))?)?;
             trace.layer1_input = Some(ins.reshape((s, bc, l, w))?);
         }
         let t = if t.dim(0)? == 1 && b > 1 {
@@ -292,7 +235,7 @@ impl VcpModel {
         Ok((t, trace))
     }
 
-    /// Per-layer logits of the raw (text-patch) and refined (Post-VCP) branches.
+    /// Per-layer logits of the raw (head) and refined (refiner) branches.
     pub fn logits(
         &self,
         f: &Features,
@@ -312,82 +255,12 @@ impl VcpModel {
         want_trace: bool,
         refs: Option<&References>,
     ) -> Result<Logits> {
-        let g = f.grid;
+        let (g, b) = (f.grid, f.batch()?);
         let n = g * g;
         let scale_raw = self.tau_raw.exp()?;
-        if let Some(dec) = &self.decoder {
-            return self.decoder_logits(dec, f, class, train, want_trace, &scale_raw);
-        }
-        let (text, mut trace) = self.text_embeddings(f, class, train)?;
-        let b = text.dim(0)?;
-        // Class token vs text: [B, 1, D] x [B, D, 2] -> [B, 2].
-        let cls = l2norm(&f.global)?
-            .unsqueeze(1)?
-            .matmul(&text.transpose(1, 2)?)?
-            .squeeze(1)?
-            .broadcast_mul(&scale_raw)?;
-        let alpha = self.cfg.fewshot.normal_prompt;
-        let mut raw = Vec::new();
-        let mut refined = Vec::new();
-        for (i, tokens) in f.layers.iter().enumerate() {
-            // Reference-conditioned normal prompt: blend the normal embedding towards the
-            // references' pooled patch embedding of this layer.
-            let text_i = match refs {
-                Some(r) if alpha > 0.0 => {
-                    let normal = text.narrow(1, 0, 1)?; // [B, 1, D]
-                    let pooled = r.pooled[i].reshape((1, 1, ()))?;
-                    let normal =
-                        l2norm(&((normal * (1.0 - alpha))?.broadcast_add(&(pooled * alpha)?)?))?;
-                    Tensor::cat(&[&normal, &text.narrow(1, 1, 1)?], 1)?
-                }
-                _ => text.clone(),
-            };
-            let tt = text_i.transpose(1, 2)?; // [B, D, 2]
-            let patches = tokens.narrow(1, 1, n)?; // [B, N, W]
-            let proj = self.head.project(i, &patches, &self.clip)?; // [B, N, D]
-            let s = l2norm(&proj)?.matmul(&tt)?.broadcast_mul(&scale_raw)?; // [B, N, 2]
-            raw.push(s.transpose(1, 2)?.reshape((b, 2, g, g))?);
-            if want_trace {
-                trace.raw_linear.push(proj.clone());
-            }
-            if let (Some(r), Some(tau)) = (&self.refiner, &self.tau_post) {
-                let fs = l2norm(&patches)?; // [B, N, W]
-                let [ta, q, k, v, o] = r.refine_full(&text_i, &fs)?; // ta: [B, 2, W]
-                let s = fs
-                    .matmul(&ta.transpose(1, 2)?)?
-                    .broadcast_mul(&tau.exp()?)?; // [B, N, 2]
-                refined.push(s.transpose(1, 2)?.reshape((b, 2, g, g))?);
-                if want_trace {
-                    trace.post_q.push(q);
-                    trace.post_k.push(k);
-                    trace.post_v.push(v);
-                    trace.post_attn_out.push(o);
-                    trace.post_refined.push(ta);
-                }
-            }
-        }
-        Ok(Logits {
-            text,
-            raw,
-            refined,
-            cls,
-            trace: want_trace.then_some(trace),
-        })
-    }
-
-    /// The DETR-style head's logits. The text tower runs only when the queries are
-    /// text-conditioned; otherwise `Logits::text` is zeros (nothing reads it).
-    fn decoder_logits(
-        &self,
-        dec: &AnomalyDecoder,
-        f: &Features,
-        class: &str,
-        train: bool,
-        want_trace: bool,
-        scale: &Tensor,
-    ) -> Result<Logits> {
-        let (b, g) = (f.batch()?, f.grid);
-        let (text, trace) = if dec.text_conditioned() {
+        let needs_text =
+            self.head.needs_text() || self.refiner.is_some() || !self.head.has_image_logit();
+        let (text, mut trace) = if needs_text {
             self.text_embeddings(f, class, train)?
         } else {
             let d = f.global.dim(1)?;
@@ -396,23 +269,63 @@ impl VcpModel {
                 Trace::default(),
             )
         };
+        // Per tapped layer: the text, conditioned on few-shot references when configured.
+        let alpha = self.cfg.fewshot.normal_prompt;
+        let texts = if needs_text {
+            (0..f.layers.len())
+                .map(|i| match refs {
+                    Some(r) => vcp_fewshot::condition_text(&text, r, i, alpha),
+                    None => Ok(text.clone()),
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            vec![]
+        };
         let patches = f
             .layers
             .iter()
-            .map(|t| t.narrow(1, 1, g * g))
-            .collect::<Result<Vec<_>>>()?;
-        let (maps, image) = dec.forward(&patches, &text, scale)?;
-        let raw = maps
-            .into_iter()
-            .map(|m| m.reshape((b, 2, g, g)))
-            .collect::<Result<Vec<_>>>()?;
-        // Image logit as two-class logits [0, z]: softmax gives sigmoid(z).
-        let cls = Tensor::stack(&[&image.zeros_like()?, &image], 1)?;
+            .map(|t| t.narrow(1, 1, n))
+            .collect::<Result<Vec<_>>>()?; // [B, N, W] each
+        let out = self.head.forward(&HeadInput {
+            patches: &patches,
+            texts: &texts,
+            scale: &scale_raw,
+            grid: g,
+            clip: &self.clip,
+        })?;
+        if want_trace {
+            trace.raw_linear = out.projected;
+        }
+        let mut refined = Vec::new();
+        if let (Some(r), Some(tau)) = (&self.refiner, &self.tau_post) {
+            for (p, text_i) in patches.iter().zip(&texts) {
+                let fs = l2norm(p)?; // [B, N, W]
+                let ta = r.refine(text_i, &fs, want_trace.then_some(&mut trace))?; // [B, 2, W]
+                let s = fs
+                    .matmul(&ta.transpose(1, 2)?)?
+                    .broadcast_mul(&tau.exp()?)?; // [B, N, 2]
+                refined.push(s.transpose(1, 2)?.reshape((b, 2, g, g))?);
+            }
+        }
+        let (cls, head_image_logit) = match out.image_logit {
+            // Image logit as two-class logits [0, z]: softmax gives sigmoid(z).
+            Some(z) => (Tensor::stack(&[&z.zeros_like()?, &z], 1)?, true),
+            // Class token vs text: [B, 1, D] x [B, D, 2] -> [B, 2].
+            None => (
+                l2norm(&f.global)?
+                    .unsqueeze(1)?
+                    .matmul(&text.transpose(1, 2)?)?
+                    .squeeze(1)?
+                    .broadcast_mul(&scale_raw)?,
+                false,
+            ),
+        };
         Ok(Logits {
             text,
-            raw,
-            refined: vec![],
+            raw: out.maps,
+            refined,
             cls,
+            head_image_logit,
             trace: want_trace.then_some(trace),
         })
     }
@@ -447,8 +360,8 @@ impl VcpModel {
             }
         }
         let mut total = total.expect("at least one map");
-        if self.decoder.is_some() {
-            // Image-level BCE on the decoder's logit: label = the mask has an anomalous pixel.
+        if lg.head_image_logit {
+            // Image-level BCE on the head's own logit: label = the mask has an anomalous pixel.
             let label = gt
                 .flatten_from(1)?
                 .max(1)?
@@ -461,7 +374,8 @@ impl VcpModel {
         Ok((total, terms))
     }
 
-    /// Features of few-shot reference images → per-layer bank and pooled normal embeddings.
+    /// Features of few-shot reference images → per-layer bank and pooled normal embeddings
+    /// (pooled through the head's projection into the joint space).
     pub fn references(&self, f: &Features, paths: Vec<String>) -> Result<References> {
         References::new(f, paths, |i, p| self.head.project(i, p, &self.clip))
     }
@@ -521,7 +435,8 @@ impl VcpModel {
     }
 }
 
-/// Combinations that cannot work, reported before anything is built.
+/// Values that cannot work, reported before anything is built (cross-slot rules are asked
+/// of the built components, see `VcpModel::validate_components`).
 pub fn validate(cfg: &ModelConfig, w: &ClipWeights) -> Result<()> {
     let bad = |m: String| Err(candle_core::Error::Msg(m));
     let depth = w.config.vision.layers;
@@ -531,48 +446,10 @@ pub fn validate(cfg: &ModelConfig, w: &ClipWeights) -> Result<()> {
     if let Some(t) = cfg.backbone.taps.iter().find(|&&t| t == 0 || t > depth) {
         return bad(format!("backbone.taps: layer {t} is outside 1..={depth}"));
     }
-    let utp = matches!(cfg.prompt, PromptConfig::Utp { .. });
-    let has_cat = !matches!(cfg.category, CategoryConfig::None);
-    if utp && !has_cat {
-        return bad("prompt.kind = \"utp\" needs category tokens: set category.kind = \"static\" or \"pre_vcp\"".into());
-    }
-    if !utp && has_cat {
-        return bad("category tokens (category.kind) only apply to prompt.kind = \"utp\"".into());
-    }
-    if let DeepPromptConfig::Dtp {
-        depth: d, tokens, ..
-    } = &cfg.deep_prompt
-    {
-        if *d >= w.config.text.layers {
-            return bad(format!(
-                "deep_prompt.depth {d} must be below the text depth {}",
-                w.config.text.layers
-            ));
-        }
-        if *tokens == 0 {
-            return bad("deep_prompt.tokens must be at least 1".into());
-        }
-    }
     if !(0.0..=1.0).contains(&cfg.fusion.raw_weight) {
         return bad("fusion.raw_weight must be in [0, 1]".into());
     }
-    let fs = &cfg.fewshot;
-    if !(0.0..=1.0).contains(&fs.memory_bank) || !(0.0..=1.0).contains(&fs.normal_prompt) {
-        return bad("fewshot.memory_bank and fewshot.normal_prompt must be in [0, 1]".into());
-    }
-    if fs.k > 0 && fs.memory_bank == 0.0 && fs.normal_prompt == 0.0 {
-        return bad(
-            "fewshot.k > 0 but neither fewshot.memory_bank nor fewshot.normal_prompt is set".into(),
-        );
-    }
-    if let HeadConfig::Decoder { .. } = cfg.head {
-        if !matches!(cfg.refiner, RefinerConfig::Identity) {
-            return bad("head.kind = \"decoder\" replaces the text-patch maps: set refiner.kind = \"identity\"".into());
-        }
-        if fs.normal_prompt > 0.0 {
-            return bad("fewshot.normal_prompt needs a text-patch head (head.kind = linear_proj or clip_proj)".into());
-        }
-    }
+    cfg.fewshot.validate().map_err(candle_core::Error::Msg)?;
     dense_path(&cfg.backbone)?;
     Ok(())
 }

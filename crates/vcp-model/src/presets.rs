@@ -1,7 +1,16 @@
 //! VCP-CLIP and its peers as values of the same slots (see `config.rs`), plus the component
-//! ablation of the paper (UTP baseline → +DTP → +Pre-VCP → +Post-VCP).
+//! ablation of the paper (UTP baseline → +DTP → +Pre-VCP → +Post-VCP). Written once: an
+//! experiment file's variant says `preset = "april_gan"` to get the same tables
+//! ([`slot_tables`]).
 
 use crate::config::*;
+
+/// A slot table from its kind and TOML keys (written in the component's own words).
+fn slot(kind: &str, keys: &str) -> SlotConfig {
+    let mut s = SlotConfig::parse(keys).expect("preset tables are valid TOML");
+    s.0.insert("kind".into(), toml::Value::String(kind.into()));
+    s
+}
 
 /// The backbone of the reference: OpenAI ViT-L/14-336 at 518 px, taps 6/12/18/24, exact GELU.
 pub fn vit_l_14_336_at_518(weights: &str) -> BackboneConfig {
@@ -52,26 +61,19 @@ fn ln_inv_007() -> f64 {
 pub fn vcp_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig {
     ModelConfig {
         backbone,
-        prompt: PromptConfig::Utp {
-            template: "a photo of a {state} <|class|>".into(),
-            normal_state: "good".into(),
-            abnormal_state: "damaged".into(),
-            learnable_states: false,
-        },
-        deep_prompt: DeepPromptConfig::Dtp {
-            tokens: 1,
-            depth: text_layers - 1,
-            dropout: 0.1,
-        },
-        category: CategoryConfig::PreVcp {
-            tokens: 2,
-            map: GlobalMap::Conv1d,
-        },
-        refiner: RefinerConfig::PostVcp {
-            heads: 8,
-            scaled: false,
-        },
-        head: HeadConfig::LinearProj,
+        prompt: slot(
+            "utp",
+            r#"template = "a photo of a {state} <|class|>"
+normal_state = "good"
+abnormal_state = "damaged""#,
+        ),
+        deep_prompt: slot(
+            "dtp",
+            &format!("tokens = 1\ndepth = {}\ndropout = 0.1", text_layers - 1),
+        ),
+        category: slot("pre_vcp", "tokens = 2\nmap = \"conv1d\""),
+        refiner: slot("post_vcp", "heads = 8\nscaled = false"),
+        head: slot("linear_proj", ""),
         temperature: TemperatureConfig {
             init: ln_inv_007(),
             learnable: true,
@@ -88,9 +90,9 @@ pub fn component_ablation(
 ) -> Vec<(&'static str, ModelConfig)> {
     let full = vcp_clip(backbone, text_layers);
     let mut utp = full.clone();
-    utp.deep_prompt = DeepPromptConfig::None;
-    utp.category = CategoryConfig::Static { tokens: 2 };
-    utp.refiner = RefinerConfig::Identity;
+    utp.deep_prompt = slot("none", "");
+    utp.category = slot("static", "tokens = 2");
+    utp.refiner = slot("identity", "");
     utp.fusion.raw_weight = 1.0;
     let mut dtp = utp.clone();
     dtp.deep_prompt = full.deep_prompt.clone();
@@ -109,17 +111,12 @@ pub fn component_ablation(
 pub fn april_gan(backbone: BackboneConfig) -> ModelConfig {
     ModelConfig {
         backbone,
-        prompt: PromptConfig::Handcrafted {
-            object: "object".into(),
-            class_name: true,
-            normal_states: default_normal_states(),
-            abnormal_states: default_abnormal_states(),
-            templates: default_templates(),
-        },
-        deep_prompt: DeepPromptConfig::None,
-        category: CategoryConfig::None,
-        refiner: RefinerConfig::Identity,
-        head: HeadConfig::LinearProj,
+        // The state phrases and templates are the kind's defaults (WinCLIP's lists).
+        prompt: slot("handcrafted", "class_name = true"),
+        deep_prompt: slot("none", ""),
+        category: slot("none", ""),
+        refiner: slot("identity", ""),
+        head: slot("linear_proj", ""),
         temperature: TemperatureConfig {
             init: 100f64.ln(),
             learnable: false,
@@ -143,19 +140,22 @@ pub fn april_gan(backbone: BackboneConfig) -> ModelConfig {
 pub fn anomaly_clip(backbone: BackboneConfig, text_layers: usize) -> ModelConfig {
     ModelConfig {
         backbone,
-        prompt: PromptConfig::LearnedContext {
-            n_ctx: 12,
-            normal_words: "object".into(),
-            abnormal_words: "damaged object".into(),
-        },
-        deep_prompt: DeepPromptConfig::Dtp {
-            tokens: 4,
-            depth: 8.min(text_layers - 1),
-            dropout: 0.0,
-        },
-        category: CategoryConfig::None,
-        refiner: RefinerConfig::Identity,
-        head: HeadConfig::ClipProj,
+        prompt: slot(
+            "learned_context",
+            r#"n_ctx = 12
+normal_words = "object"
+abnormal_words = "damaged object""#,
+        ),
+        deep_prompt: slot(
+            "dtp",
+            &format!(
+                "tokens = 4\ndepth = {}\ndropout = 0.0",
+                8.min(text_layers - 1)
+            ),
+        ),
+        category: slot("none", ""),
+        refiner: slot("identity", ""),
+        head: slot("clip_proj", ""),
         temperature: TemperatureConfig {
             init: ln_inv_007(),
             learnable: false,
@@ -183,4 +183,26 @@ pub fn by_name(name: &str, backbone: BackboneConfig, text_layers: usize) -> Opti
             .find(|(n, _)| *n == other)
             .map(|(_, c)| c),
     }
+}
+
+/// Names accepted by [`by_name`].
+pub const NAMES: [&str; 6] = [
+    "vcp_clip",
+    "april_gan",
+    "anomaly_clip",
+    "utp",
+    "utp+dtp",
+    "utp+dtp+pre_vcp",
+];
+
+/// A preset's model tables other than `backbone`, as a TOML table: what an experiment file's
+/// `preset = "name"` puts in place (its own `set` then applies on top).
+///
+/// `text_layers` is the text depth of the experiment's backbone (presets size their deep
+/// prompts by it).
+pub fn slot_tables(name: &str, text_layers: usize) -> Option<toml::Table> {
+    let m = by_name(name, tiny(224), text_layers)?;
+    let mut t = toml::Table::try_from(&m).expect("model configs serialise");
+    t.remove("backbone");
+    Some(t)
 }

@@ -10,9 +10,7 @@ fn chunked_gradients_equal_full_batch() {
     let dev = Device::Cpu;
     let w = ClipWeights::random(&ClipConfig::tiny(), 0, &dev).unwrap();
     let mut cfg = presets::vcp_clip(presets::tiny(64), 4);
-    if let vcp_model::config::DeepPromptConfig::Dtp { dropout, .. } = &mut cfg.deep_prompt {
-        *dropout = 0.0;
-    }
+    cfg.deep_prompt.set("dropout", 0.0);
     let m = VcpModel::new(&cfg, &w, 3, &dev).unwrap();
     let x = vcp_clip::testing::seeded_randn(4, &[4, 3, 64, 64], &dev);
     let gt = vcp_clip::testing::seeded_randn(5, &[4, 64, 64], &dev)

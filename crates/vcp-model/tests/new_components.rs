@@ -4,11 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 use vcp_clip::testing::{max_abs, max_abs_diff};
 use vcp_clip::{ClipConfig, ClipWeights};
-use vcp_model::config::{
-    ComputeDtype, DeepPromptConfig, HeadConfig, ModelConfig, PromptConfig, RefinerConfig,
-    StateWords, VisionAttention,
-};
-use vcp_model::{presets, VcpModel};
+use vcp_model::config::{ComputeDtype, ModelConfig, VisionAttention};
+use vcp_model::{presets, SlotConfig, VcpModel};
 
 fn weights() -> ClipWeights {
     ClipWeights::random(&ClipConfig::tiny(), 0, &Device::Cpu).unwrap()
@@ -16,9 +13,7 @@ fn weights() -> ClipWeights {
 
 fn base() -> ModelConfig {
     let mut cfg = presets::vcp_clip(presets::tiny(64), 4);
-    if let DeepPromptConfig::Dtp { dropout, .. } = &mut cfg.deep_prompt {
-        *dropout = 0.0;
-    }
+    cfg.deep_prompt.set("dropout", 0.0);
     cfg
 }
 
@@ -64,14 +59,13 @@ fn assert_grads(m: &VcpModel, loss: &Tensor, prefixes: &[&str]) {
 
 fn decoder_cfg(text_queries: bool) -> ModelConfig {
     let mut cfg = base();
-    cfg.head = HeadConfig::Decoder {
-        queries: 5,
-        layers: 2,
-        heads: 4,
-        dim: 32,
-        text_queries,
-    };
-    cfg.refiner = RefinerConfig::Identity;
+    cfg.head = SlotConfig::of("decoder")
+        .with("queries", 5)
+        .with("layers", 2)
+        .with("heads", 4)
+        .with("dim", 32)
+        .with("text_queries", text_queries);
+    cfg.refiner = SlotConfig::of("identity");
     cfg
 }
 
@@ -122,14 +116,13 @@ fn decoder_head_shapes_losses_and_gradients() {
     assert!(e.to_string().contains("refiner.kind"), "{e}");
 }
 
-fn with_states(normal: StateWords, learnable: bool) -> ModelConfig {
+fn with_states(normal: toml::Value, learnable: bool) -> ModelConfig {
     let mut cfg = base();
-    cfg.prompt = PromptConfig::Utp {
-        template: "a photo of a {state} <|class|>".into(),
-        normal_state: normal,
-        abnormal_state: "damaged".into(),
-        learnable_states: learnable,
-    };
+    cfg.prompt = SlotConfig::of("utp")
+        .with("template", "a photo of a {state} <|class|>")
+        .with("normal_state", normal)
+        .with("abnormal_state", "damaged")
+        .with("learnable_states", learnable);
     cfg
 }
 
@@ -148,11 +141,11 @@ fn state_word_ensembles_and_learnable_states() {
     let good = text(&with_states("good".into(), false));
     let perfect = text(&with_states("perfect".into(), false));
     let both = text(&with_states(
-        StateWords::Many(vec!["good".into(), "perfect".into()]),
+        toml::Value::Array(vec!["good".into(), "perfect".into()]),
         false,
     ));
     let n0 = (good.narrow(1, 0, 1).unwrap() + perfect.narrow(1, 0, 1).unwrap()).unwrap();
-    let n0 = vcp_model::post_vcp::l2norm(&n0).unwrap();
+    let n0 = vcp_core::l2norm(&n0).unwrap();
     let err = max_abs_diff(&both.narrow(1, 0, 1).unwrap(), &n0);
     println!("ensemble vs normalised mean of single words: {err:.2e}");
     assert!(err < 1e-6);
@@ -165,11 +158,11 @@ fn state_word_ensembles_and_learnable_states() {
     );
     // Learnable states start as the words: same embeddings before training.
     let cfg = with_states(
-        StateWords::Many(vec!["good".into(), "flawless".into()]),
+        toml::Value::Array(vec!["good".into(), "flawless".into()]),
         true,
     );
     let fixed = text(&with_states(
-        StateWords::Many(vec!["good".into(), "flawless".into()]),
+        toml::Value::Array(vec!["good".into(), "flawless".into()]),
         false,
     ));
     let m = VcpModel::new(&cfg, &w, 5, &dev).unwrap();
@@ -188,7 +181,7 @@ fn state_word_ensembles_and_learnable_states() {
     let (loss, _) = m.loss(&lg, &gt).unwrap();
     assert_grads(&m, &loss, &["prompt.state_"]);
     // Empty word lists are refused.
-    let e = VcpModel::new(&with_states(StateWords::Many(vec![]), false), &w, 5, &dev)
+    let e = VcpModel::new(&with_states(toml::Value::Array(vec![]), false), &w, 5, &dev)
         .err()
         .unwrap();
     assert!(e.to_string().contains("prompt.normal_state"), "{e}");
@@ -200,7 +193,7 @@ fn reference_conditioned_normal_prompt() {
     let (x, _) = batch(2);
     let dev = Device::Cpu;
     let mut cfg = base();
-    cfg.refiner = RefinerConfig::Identity;
+    cfg.refiner = SlotConfig::of("identity");
     cfg.fewshot.k = 2;
     cfg.fewshot.normal_prompt = 1.0;
     let m = VcpModel::new(&cfg, &w, 2, &dev).unwrap();
@@ -215,7 +208,7 @@ fn reference_conditioned_normal_prompt() {
     let zs = m.logits(&f, "x", false, false).unwrap();
     let fs = m.logits_with(&f, "x", false, true, Some(&refs)).unwrap();
     let scale = cfg.temperature.init.exp();
-    let l2 = vcp_model::post_vcp::l2norm;
+    let l2 = vcp_core::l2norm;
     for i in 0..4 {
         // Abnormal channel unchanged.
         let a = zs.raw[i].narrow(1, 1, 1).unwrap();
@@ -311,9 +304,7 @@ fn mixed_precision_model_matches_f32() {
         let mut b = bb.clone();
         b.dtype = dt;
         let mut cfg = presets::vcp_clip(b, w.config.text.layers);
-        if let DeepPromptConfig::Dtp { dropout, .. } = &mut cfg.deep_prompt {
-            *dropout = 0.0;
-        }
+        cfg.deep_prompt.set("dropout", 0.0);
         let m = VcpModel::new(&cfg, &w, 0, &dev).unwrap();
         vcp_model::checkpoint::load_into(&m, &dir.join("vcp_trainables.safetensors")).unwrap();
         let feats = m.encode_images(x).unwrap();

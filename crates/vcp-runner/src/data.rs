@@ -1,10 +1,10 @@
 //! Data specs: a `meta.json` path, or `synth:<domain>` for the built-in benchmark (generated on
 //! first use into the cache folder).
 
+use crate::config::SynthConfig;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use vcp_data::Meta;
-use vcp_model::config::SynthConfig;
 
 /// `$VCP_CACHE`, else `~/.cache/vcp-clip-rs`.
 pub fn cache_dir() -> PathBuf {

@@ -181,7 +181,7 @@ fn references(
     cls: &str,
     o: &EvalOptions,
     device: &Device,
-) -> Result<vcp_model::fewshot::References> {
+) -> Result<vcp_fewshot::References> {
     let fs = &model.cfg.fewshot;
     let normal: Vec<_> = meta
         .train
@@ -200,7 +200,7 @@ fn references(
     // The draw depends on `fewshot.seed` and on the run's seed, so the spread over seeds includes
     // the choice of references (as in WinCLIP's few-shot protocol).
     let seed = fs.seed ^ model.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let pick = vcp_model::fewshot::select(normal.len(), fs.k, seed, cls);
+    let pick = vcp_fewshot::select(normal.len(), fs.k, seed, cls);
     let recs: Vec<_> = pick.iter().map(|&i| normal[i].clone()).collect();
     let size = model.cfg.backbone.image_size;
     let mut feats = Vec::new();

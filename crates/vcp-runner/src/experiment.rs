@@ -19,11 +19,11 @@
 //! auroc_px = 0.920
 //! ```
 
+use crate::config::ExperimentConfig;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use toml::Value;
-use vcp_model::config::ExperimentConfig;
 
 #[derive(Debug, Clone)]
 pub struct RunSpec {

@@ -1,5 +1,6 @@
 //! # vcp-runner: experiments, runs, records, tables and plots
 //!
+//! * [`config`]: run settings and the experiment file (model slots + `[train]`, `[eval]`).
 //! * [`experiment`]: ablation files (base + variants + grid + seeds), resolved configs, hashes.
 //! * [`runner`]: resumable runs writing `record.json` last and atomically.
 //! * [`train`], [`eval`]: the training loop and the evaluation shared with `vcp train`/`vcp eval`.
@@ -7,6 +8,7 @@
 //! * [`report`], [`plots`]: tables (polars) and figures (plotters) from the records alone.
 
 pub mod cache;
+pub mod config;
 pub mod data;
 pub mod eval;
 pub mod experiment;

@@ -2,6 +2,7 @@
 //! per-epoch checkpoints of the trainables (+ config, sha256), optional validation, NaN/inf stop.
 
 use crate::cache::FeatureCache;
+use crate::config::TrainConfig;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::Optimizer;
@@ -9,7 +10,6 @@ use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use vcp_data::{Meta, Record};
 use vcp_model::checkpoint;
-use vcp_model::config::{PromptConfig, TrainConfig};
 use vcp_model::VcpModel;
 
 /// Peak resident memory of this process (Linux), in MiB.
@@ -169,13 +169,7 @@ pub fn train(
         temps.iter().map(|(_, v)| v.clone()).collect(),
         p(tc.lr_temperature),
     )?;
-    let per_class_text = matches!(
-        model.cfg.prompt,
-        PromptConfig::Handcrafted {
-            class_name: true,
-            ..
-        }
-    );
+    let per_class_text = model.text_depends_on_class();
     let mut records: Vec<Record> = meta.test.0.iter().flat_map(|(_, r)| r.clone()).collect();
     let size = model.cfg.backbone.image_size;
     let mut report = TrainReport::default();

@@ -157,7 +157,7 @@ fn unknown_keys_are_reported_at_their_own_line_in_the_users_file() {
     let base = std::fs::read_to_string(d.path().join("base.toml")).unwrap();
     let bad = base.replacen("sigma = 8.0", "sigma = 8.0\nsigmaa = 2.0", 1);
     let line = bad.lines().position(|l| l.starts_with("sigmaa")).unwrap() + 1;
-    let e = vcp_model::config::ExperimentConfig::from_toml(&bad, std::path::Path::new("exp.toml"))
+    let e = vcp_runner::config::ExperimentConfig::from_toml(&bad, std::path::Path::new("exp.toml"))
         .unwrap_err();
     assert!(
         e.contains(&format!("(line {line})")) && e.contains("sigmaa"),

@@ -1,4 +1,6 @@
-//! Few-shot references: `k` normal images of the target category, used two ways.
+//! # vcp-fewshot: few-shot references
+//!
+//! `k` normal images of the target category, used two ways.
 //!
 //! * **Patch memory bank** (WinCLIP+ / APRIL-GAN few-shot): per tapped layer, the L2-normalised
 //!   patch tokens of the references form a bank; a test patch's anomaly is
@@ -9,10 +11,51 @@
 //!   (normalised) describe "normal" for this category better than a word can; the normal text
 //!   embedding is blended towards it, `normalize((1 - a) t_normal + a pooled)`.
 
-use crate::fusion::upsample;
-use crate::model::Features;
-use crate::post_vcp::l2norm;
 use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+use vcp_core::ops::{upsample, Upsample};
+use vcp_core::{l2norm, Features};
+
+/// `[fewshot]`: `k` normal images of the target category (its `train` split), drawn with `seed`
+/// mixed with the run's seed; the images used are recorded with the results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FewShotConfig {
+    /// Reference images per category (0 = zero-shot).
+    #[serde(default)]
+    pub k: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Weight of the patch memory-bank map in the final map (WinCLIP+ / APRIL-GAN few-shot):
+    /// `(1 - w) zero_shot + w (1 - max cos(patch, bank))`; 0 = off.
+    #[serde(default)]
+    pub memory_bank: f64,
+    /// Reference-conditioned normal prompt: the normal text embedding of each layer becomes
+    /// `normalize((1 - a) t_normal + a pooled(refs))`, with the references' patch features mapped
+    /// by the patch head and averaged; 0 = off, 1 = replaced.
+    #[serde(default)]
+    pub normal_prompt: f64,
+}
+
+impl FewShotConfig {
+    pub fn is_off(&self) -> bool {
+        self.k == 0
+    }
+
+    /// Values that cannot work, as one-line messages naming the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(0.0..=1.0).contains(&self.memory_bank) || !(0.0..=1.0).contains(&self.normal_prompt) {
+            return Err("fewshot.memory_bank and fewshot.normal_prompt must be in [0, 1]".into());
+        }
+        if self.k > 0 && self.memory_bank == 0.0 && self.normal_prompt == 0.0 {
+            return Err(
+                "fewshot.k > 0 but neither fewshot.memory_bank nor fewshot.normal_prompt is set"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
 
 /// What the references give, per tapped layer.
 #[derive(Debug, Clone)]
@@ -59,12 +102,7 @@ impl References {
     ///
     /// # Shapes
     /// `f`: test features → `[B, S, S]`.
-    pub fn memory_bank_maps(
-        &self,
-        f: &Features,
-        size: usize,
-        mode: crate::config::Upsample,
-    ) -> Result<Tensor> {
+    pub fn memory_bank_maps(&self, f: &Features, size: usize, mode: Upsample) -> Result<Tensor> {
         let g = f.grid;
         let n = g * g;
         let mut acc: Option<Tensor> = None;
@@ -81,6 +119,22 @@ impl References {
         let m = (acc.expect("at least one tap") / f.layers.len() as f64)?;
         upsample(&m.reshape((b, 1, g, g))?, size, mode)?.squeeze(1)
     }
+}
+
+/// The reference-conditioned normal prompt of tapped layer `layer`: the normal embedding
+/// blended towards the references' pooled embedding, `normalize((1 - a) t_normal + a pooled)`;
+/// the abnormal embedding is kept.
+///
+/// # Shapes
+/// `text`: [B, 2, D] → [B, 2, D].
+pub fn condition_text(text: &Tensor, refs: &References, layer: usize, a: f64) -> Result<Tensor> {
+    if a <= 0.0 {
+        return Ok(text.clone());
+    }
+    let normal = text.narrow(1, 0, 1)?; // [B, 1, D]
+    let pooled = refs.pooled[layer].reshape((1, 1, ()))?;
+    let normal = l2norm(&((normal * (1.0 - a))?.broadcast_add(&(pooled * a)?)?))?;
+    Tensor::cat(&[&normal, &text.narrow(1, 1, 1)?], 1)
 }
 
 /// `k` distinct indices out of `n`, drawn with `seed` mixed with the category name (so each
@@ -125,7 +179,7 @@ mod tests {
             grid: 1,
         };
         let m = r
-            .memory_bank_maps(&test, 2, crate::config::Upsample::BilinearAlignCorners)
+            .memory_bank_maps(&test, 2, Upsample::BilinearAlignCorners)
             .unwrap();
         let v = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let want = 1.0 - 0.5f32.sqrt();
@@ -177,7 +231,7 @@ mod tests {
             .map(|b| (p[0] * b[0] + p[1] * b[1] + p[2] * b[2]) / (norm(&p) * norm(b)))
             .fold(f32::NEG_INFINITY, f32::max);
         let m = r
-            .memory_bank_maps(&test, 2, crate::config::Upsample::BilinearAlignCorners)
+            .memory_bank_maps(&test, 2, Upsample::BilinearAlignCorners)
             .unwrap()
             .to_vec3::<f32>()
             .unwrap();

@@ -4,8 +4,8 @@
 use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 use vcp_clip::{ClipConfig, ClipWeights};
-use vcp_model::config::ExperimentConfig;
 use vcp_model::{presets, VcpModel};
+use vcp_runner::config::ExperimentConfig;
 
 fn experiments() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
@@ -100,10 +100,7 @@ fn presets_build_and_give_maps() {
         assert_eq!(lg.raw.len(), 4, "{name}");
         assert_eq!(
             lg.refined.is_empty(),
-            !matches!(
-                cfg.refiner,
-                vcp_model::config::RefinerConfig::PostVcp { .. }
-            ),
+            cfg.refiner.kind() != "post_vcp",
             "{name}"
         );
         let maps = m.image_maps(&lg, 64).unwrap();

@@ -1,0 +1,216 @@
+//! Run settings (train, eval, the synthetic benchmark) and the experiment file that combines
+//! them with a model: the model's slots as top-level tables, plus `[train]`, `[eval]`,
+//! `[synth]`.
+
+use serde::{Deserialize, Serialize};
+use vcp_model::config::{
+    key_line, line_of, unknown_key, BackboneConfig, FewShotConfig, FusionConfig, ModelConfig,
+    TemperatureConfig,
+};
+use vcp_model::{Registry, SlotConfig};
+
+/// Training settings (reference train.py / train.sh).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A meta.json path, or `synth:<domain>` for the built-in benchmark. Its `test` split is
+    /// used, as in the reference (train on the auxiliary dataset's test split).
+    pub data: String,
+    /// Dataset root (default: the meta file's folder).
+    #[serde(default)]
+    pub root: Option<String>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Learning rate of everything but the temperatures (reference 4e-5 from VisA, 2e-5 from MVTec).
+    pub lr: f64,
+    /// Learning rate of the temperatures (reference 0.01).
+    pub lr_temperature: f64,
+    /// Adam betas (reference 0.5, 0.999).
+    pub betas: [f64; 2],
+    /// Reference albumentations-style augmentation.
+    #[serde(default)]
+    pub augment: bool,
+    /// Probability of replacing a sample by a 2x2 mosaic of four anomalous images of its category
+    /// (the reference uses 0.2 when training on MVTec AD, 0 on VisA).
+    #[serde(default)]
+    pub mosaic_rate: f64,
+    /// Images per backward pass (default: the whole batch). The loss is a weighted sum over
+    /// images, so chunks give the same gradient while holding only one chunk's upsampled maps
+    /// (the reference needs 24 GB at batch 32 and 518 px because it keeps all of them).
+    #[serde(default)]
+    pub loss_chunk: Option<usize>,
+    /// Categories of `val_data` for the per-epoch validation log (pixel AP), empty = none.
+    #[serde(default)]
+    pub val_data: Option<String>,
+}
+
+/// Evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// A meta.json path or `synth:<domain>`; its `test` split is scored.
+    pub data: String,
+    #[serde(default)]
+    pub root: Option<String>,
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+fn default_eval_batch() -> usize {
+    8
+}
+
+/// Settings of the built-in synthetic benchmark (`synth:<domain>` data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "default_synth_size")]
+    pub size: usize,
+    #[serde(default = "default_synth_k")]
+    pub per_category: usize,
+}
+
+fn default_synth_size() -> usize {
+    128
+}
+fn default_synth_k() -> usize {
+    12
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            size: default_synth_size(),
+            per_category: default_synth_k(),
+        }
+    }
+}
+
+/// One experiment file: the model's slots as top-level tables, plus `[train]`, `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    pub backbone: BackboneConfig,
+    pub prompt: SlotConfig,
+    pub deep_prompt: SlotConfig,
+    pub category: SlotConfig,
+    pub refiner: SlotConfig,
+    pub head: SlotConfig,
+    pub temperature: TemperatureConfig,
+    pub fusion: FusionConfig,
+    #[serde(default, skip_serializing_if = "FewShotConfig::is_off")]
+    pub fewshot: FewShotConfig,
+    pub train: Option<TrainConfig>,
+    pub eval: Option<EvalConfig>,
+    #[serde(default)]
+    pub synth: SynthConfig,
+}
+
+impl ExperimentConfig {
+    pub fn model(&self) -> ModelConfig {
+        ModelConfig {
+            backbone: self.backbone.clone(),
+            prompt: self.prompt.clone(),
+            deep_prompt: self.deep_prompt.clone(),
+            category: self.category.clone(),
+            refiner: self.refiner.clone(),
+            head: self.head.clone(),
+            temperature: self.temperature.clone(),
+            fusion: self.fusion.clone(),
+            fewshot: self.fewshot.clone(),
+        }
+    }
+
+    pub fn from_model(name: &str, m: ModelConfig) -> Self {
+        Self {
+            name: name.into(),
+            seed: 0,
+            backbone: m.backbone,
+            prompt: m.prompt,
+            deep_prompt: m.deep_prompt,
+            category: m.category,
+            refiner: m.refiner,
+            head: m.head,
+            temperature: m.temperature,
+            fusion: m.fusion,
+            fewshot: m.fewshot,
+            train: None,
+            eval: None,
+            synth: SynthConfig::default(),
+        }
+    }
+
+    /// Parse a TOML experiment strictly, with every slot table normalised by the process's
+    /// registry (defaults filled in); errors name the file, the offending key and its line.
+    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Self, String> {
+        Self::from_toml_in(vcp_model::registry(), text, path)
+    }
+
+    /// [`Self::from_toml`] with an explicit registry.
+    pub fn from_toml_in(
+        reg: &Registry,
+        text: &str,
+        path: &std::path::Path,
+    ) -> Result<Self, String> {
+        let raw: Self = toml::from_str(text).map_err(|e| {
+            let msg = e.message().lines().next().unwrap_or("").to_string();
+            let line = e.span().map(|s| {
+                let start = s.start.min(text.len());
+                // An unknown key's span covers its whole table: name the key's own line.
+                unknown_key(&msg)
+                    .and_then(|k| key_line(text, k, start))
+                    .unwrap_or_else(|| line_of(text, start))
+            });
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            format!("{}: {msg}{at}", path.display())
+        })?;
+        let model = raw.model().normalized(reg).map_err(|msg| {
+            // "<slot>: unknown field `k`, ..." → the line of `k` inside the slot's table.
+            let slot = msg.split([':', '.']).next().unwrap_or("");
+            let from = table_start(text, slot);
+            let line = unknown_key(msg.split_once(": ").map(|(_, m)| m).unwrap_or(&msg))
+                .and_then(|k| key_line(text, k, from))
+                .or_else(|| key_line(text, "kind", from))
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            format!("{}: {msg}{line}", path.display())
+        })?;
+        Ok(Self {
+            prompt: model.prompt,
+            deep_prompt: model.deep_prompt,
+            category: model.category,
+            refiner: model.refiner,
+            head: model.head,
+            ..raw
+        })
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+}
+
+/// Byte offset where table `[name]` (or a `name = {` inline table) starts; 0 if absent.
+fn table_start(text: &str, name: &str) -> usize {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_start();
+        if l.starts_with(&format!("[{name}]")) || l.starts_with(&format!("{name} = {{")) {
+            return offset;
+        }
+        offset += line.len();
+    }
+    0
+}

@@ -12,6 +12,9 @@
 //! [[variant]]
 //! name = "utp"
 //! set = { "deep_prompt" = { kind = "none" }, "fusion.raw_weight" = 1.0 }
+//! [[variant]]
+//! name = "april_gan"
+//! preset = "april_gan"                 # a preset's model tables replace the base's; `set` on top
 //! [grid]                               # optional cartesian product on top of the variants
 //! "train.lr" = [1e-3, 3e-3]
 //! [[reference]]                        # numbers reported elsewhere, shown beside the table
@@ -177,6 +180,26 @@ fn sets_of(v: Option<&Value>, what: &str, file: &Path) -> Result<Vec<(String, Va
     }
 }
 
+/// The model tables of preset `name` as (key, value) overrides; deep prompts are sized by the
+/// text depth of the base's `backbone.preset`.
+fn preset_sets(name: &str, base: &Value) -> Result<Vec<(String, Value)>> {
+    let bb = base
+        .get("backbone")
+        .and_then(|b| b.get("preset"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("tiny");
+    let text_layers = vcp_clip::ClipConfig::preset(bb)
+        .map(|c| c.text.layers)
+        .map_err(|e| anyhow::anyhow!("preset `{name}` needs the text depth of backbone.preset: {e}"))?;
+    let t = vcp_model::presets::slot_tables(name, text_layers).with_context(|| {
+        format!(
+            "unknown preset `{name}` (presets: {})",
+            vcp_model::presets::NAMES.join(", ")
+        )
+    })?;
+    Ok(t.into_iter().collect())
+}
+
 /// Read an ablation file (or a plain experiment file = one variant) and expand all runs.
 pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) -> Result<Ablation> {
     let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
@@ -233,16 +256,20 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
         Value::Table(top.clone())
     };
     let global = sets_of(top.get("set"), "set", file)?;
-    let mut variants: Vec<(String, Vec<(String, Value)>)> = Vec::new();
+    // (name, preset tables, sets)
+    let mut variants: Vec<(String, Vec<(String, Value)>, Vec<(String, Value)>)> = Vec::new();
     match top.get("variant") {
         Some(Value::Array(a)) => {
             for (i, v) in a.iter().enumerate() {
                 let t = v
                     .as_table()
                     .with_context(|| format!("{}: variant {i} is not a table", file.display()))?;
-                if let Some(k) = t.keys().find(|k| *k != "name" && *k != "set") {
+                if let Some(k) = t
+                    .keys()
+                    .find(|k| !["name", "set", "preset"].contains(&k.as_str()))
+                {
                     bail!(
-                        "{}: variant {i}: unknown key `{k}` (expected name, set)",
+                        "{}: variant {i}: unknown key `{k}` (expected name, preset, set)",
                         file.display()
                     );
                 }
@@ -250,16 +277,26 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
                     .get("name")
                     .and_then(|v| v.as_str())
                     .with_context(|| format!("{}: variant {i} has no name", file.display()))?;
-                if variants.iter().any(|(m, _)| m == n) {
+                if variants.iter().any(|(m, _, _)| m == n) {
                     bail!(
                         "{}: variant {i}: the name `{n}` is used twice (rows would merge)",
                         file.display()
                     );
                 }
-                variants.push((n.to_string(), sets_of(t.get("set"), "set", file)?));
+                let preset = match t.get("preset") {
+                    None => vec![],
+                    Some(Value::String(p)) => preset_sets(p, &base)
+                        .with_context(|| format!("{}: variant {n}", file.display()))?,
+                    Some(_) => bail!(
+                        "{}: variant {n}: `preset` must be a preset name (one of {})",
+                        file.display(),
+                        vcp_model::presets::NAMES.join(", ")
+                    ),
+                };
+                variants.push((n.to_string(), preset, sets_of(t.get("set"), "set", file)?));
             }
         }
-        None => variants.push((name.clone(), vec![])),
+        None => variants.push((name.clone(), vec![], vec![])),
         Some(_) => bail!(
             "{}: `variant` must be an array of tables ([[variant]])",
             file.display()
@@ -342,7 +379,7 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
     };
     let mut runs = Vec::new();
     let mut names = Vec::new();
-    for (vname, vsets) in &variants {
+    for (vname, vpreset, vsets) in &variants {
         for combo in &grid {
             let label = if combo.is_empty() {
                 vname.clone()
@@ -359,7 +396,8 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
             names.push(label.clone());
             for &seed in &seeds {
                 let mut v = base.clone();
-                for (k, val) in global.iter().chain(vsets).chain(combo).chain(cli_sets) {
+                let order = vpreset.iter().chain(&global).chain(vsets).chain(combo);
+                for (k, val) in order.chain(cli_sets) {
                     set_path(&mut v, k, val.clone()).with_context(|| format!("variant {label}"))?;
                 }
                 set_path(&mut v, "seed", Value::Integer(seed as i64))?;

@@ -13,6 +13,8 @@ fn experiments() -> PathBuf {
 
 #[test]
 fn every_experiment_file_parses_and_builds() {
+    vcp_model::install_registry(vcp_model::standard_registry().with(vcp_example_refiner::register))
+        .ok();
     let mut n = 0;
     for e in std::fs::read_dir(experiments()).unwrap() {
         let p = e.unwrap().path();

@@ -2,8 +2,21 @@
 
 use std::path::PathBuf;
 
+/// The binary's registry: the standard components plus the example crate (its experiment file
+/// lives in experiments/ too).
+fn registry() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        vcp_model::install_registry(
+            vcp_model::standard_registry().with(vcp_example_refiner::register),
+        )
+        .unwrap()
+    });
+}
+
 #[test]
 fn every_ablation_file_expands() {
+    registry();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
@@ -39,6 +52,55 @@ fn every_ablation_file_expands() {
         .runs
         .iter()
         .all(|r| r.seed == 5 && r.config.train.as_ref().unwrap().epochs == 1));
+}
+
+/// Presets are written once: a variant saying `preset = "..."` resolves to exactly the run
+/// configuration of the default ablation's spelled-out variant.
+#[test]
+fn presets_and_their_experiment_file_forms_agree() {
+    registry();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+    let spelled = vcp_runner::experiment::load(&dir.join("ablate_default.toml"), &[], None).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = [
+        ("utp", "utp"),
+        ("+dtp", "utp+dtp"),
+        ("+dtp+pre_vcp", "utp+dtp+pre_vcp"),
+        ("vcp_clip", "vcp_clip"),
+        ("april_gan", "april_gan"),
+        ("anomaly_clip", "anomaly_clip"),
+    ];
+    let mut text = format!(
+        "name = \"ablate_default\"\nbase = {:?}\nseeds = [0, 1, 2]\nset = {{ \"train.epochs\" = 4, \"train.augment\" = false }}\n",
+        dir.join("vcp_clip_tiny.toml").display().to_string()
+    );
+    for (variant, preset) in pairs {
+        text += &format!("[[variant]]\nname = {variant:?}\npreset = {preset:?}\n");
+    }
+    let p = tmp.path().join("by_preset.toml");
+    std::fs::write(&p, text).unwrap();
+    let by_preset = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    assert_eq!(by_preset.runs.len(), 18);
+    for r in &by_preset.runs {
+        let s = spelled
+            .runs
+            .iter()
+            .find(|s| s.variant == r.variant && s.seed == r.seed)
+            .unwrap();
+        assert_eq!(s.toml, r.toml, "variant {} differs", r.variant);
+        assert_eq!(s.hash, r.hash);
+    }
+    // An unknown preset is an error naming it and the known ones.
+    std::fs::write(
+        &p,
+        format!(
+            "base = {:?}\n[[variant]]\nname = \"x\"\npreset = \"winclip\"\n",
+            dir.join("vcp_clip_tiny.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let e = format!("{:#}", vcp_runner::experiment::load(&p, &[], None).unwrap_err());
+    assert!(e.contains("unknown preset `winclip`") && e.contains("april_gan"), "{e}");
 }
 
 fn write_ablation(dir: &std::path::Path, head: &str, tail: &str) -> PathBuf {

@@ -118,13 +118,6 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Jet colour map of v in [0, 1].
-fn jet(v: f32) -> [u8; 3] {
-    let v = v.clamp(0.0, 1.0);
-    let f = |x: f32| ((1.5 - (4.0 * v - x).abs()).clamp(0.0, 1.0) * 255.0) as u8;
-    [f(3.0), f(2.0), f(1.0)]
-}
-
 /// image | overlay | thresholded map, each S x S.
 pub fn overlay_png(
     rgb: &[u8],
@@ -149,7 +142,7 @@ pub fn overlay_png(
             } else {
                 0.0
             };
-            let c = jet(n);
+            let c = vcp_runner::plots::jet(n);
             let b = if map[i] > threshold { 255 } else { 0 };
             for k in 0..3 {
                 out[(y * w + x) * 3 + k] = px[k];
@@ -158,17 +151,9 @@ pub fn overlay_png(
             }
         }
     }
-    let tmp = vcp_data::io::tmp_path(path);
-    image::save_buffer_with_format(
-        &tmp,
-        &out,
-        w as u32,
-        size as u32,
-        image::ColorType::Rgb8,
-        image::ImageFormat::Png,
-    )
-    .with_context(|| format!("{}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))?;
+    let png =
+        vcp_data::io::encode_png(&out, w as u32, size as u32, image::ExtendedColorType::Rgb8)?;
+    vcp_data::io::write_atomic(path, &png)?;
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
-use vcp_clip::ClipWeights;
 use vcp_data::Meta;
 use vcp_model::VcpModel;
 use vcp_runner::config::{ExperimentConfig, SynthConfig};
@@ -21,18 +20,7 @@ pub fn load_experiment(path: &Path) -> Result<ExperimentConfig> {
     ExperimentConfig::load(path).map_err(|e| anyhow::anyhow!(e))
 }
 
-/// CLIP weights of the backbone config: a file/directory, or seeded random weights of a preset.
-pub fn backbone_weights(
-    cfg: &vcp_model::config::BackboneConfig,
-    device: &Device,
-) -> Result<ClipWeights> {
-    if cfg.weights.is_empty() {
-        Ok(ClipWeights::from_preset(&cfg.preset, cfg.seed, device)
-            .with_context(|| "backbone.preset")?)
-    } else {
-        Ok(ClipWeights::load(&cfg.weights, device)?)
-    }
-}
+pub use vcp_runner::runner::backbone_weights;
 
 pub fn build_model(exp: &ExperimentConfig, device: &Device) -> Result<VcpModel> {
     let w = backbone_weights(&exp.backbone, device)?;
@@ -61,12 +49,9 @@ pub fn device(name: Option<&str>) -> Result<Device> {
     }
 }
 
-/// `--dtype` / `backbone.dtype` names → candle dtype.
+/// `--dtype` / `backbone.dtype` names → candle dtype (one parser: `ComputeDtype`'s).
 pub fn dtype(name: &str) -> Result<candle_core::DType> {
-    match name {
-        "f32" => Ok(candle_core::DType::F32),
-        "bf16" => Ok(candle_core::DType::BF16),
-        "f16" => Ok(candle_core::DType::F16),
-        other => bail!("--dtype `{other}`: expected f32, bf16 or f16"),
-    }
+    let d: vcp_model::config::ComputeDtype =
+        name.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
+    Ok(d.dtype())
 }

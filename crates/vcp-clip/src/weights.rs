@@ -245,10 +245,10 @@ impl ClipWeights {
         )
         .map_err(|e| ClipError::file(&cfg_path, e))?;
         let st_path = dir.join("model.safetensors");
-        let tmp = vcp_data::io::tmp_path(&st_path);
-        candle_core::safetensors::save(&self.tensors, &tmp)
-            .map_err(|e| ClipError::file(&tmp, e))?;
-        std::fs::rename(&tmp, &st_path).map_err(|e| ClipError::file(&st_path, e))?;
+        vcp_data::io::write_atomic_with(&st_path, |tmp| {
+            candle_core::safetensors::save(&self.tensors, tmp)
+        })
+        .map_err(|e| ClipError::file(&st_path, e))?;
         Ok(())
     }
 

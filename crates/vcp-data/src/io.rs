@@ -1,16 +1,8 @@
 //! Atomic writes (temporary name + rename), so nothing is ever half-written.
 
 use crate::error::{DataError, Result};
-use std::path::{Path, PathBuf};
-
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
-}
+use image::ImageEncoder;
+use std::path::Path;
 
 /// Refuse to replace anything but a regular file (a symlink, FIFO, device node or folder at
 /// an output path is an error, before any work is done).
@@ -37,22 +29,41 @@ pub fn check_target(path: &Path) -> Result<()> {
 }
 
 /// Write `bytes` to `path` atomically: a uniquely named temporary file in the same folder
-/// (removed if anything fails), then a rename. Never replaces a non-regular file.
+/// (removed if anything fails), then a rename. Never replaces a non-regular file. The one way
+/// the workspace writes an output file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    write_atomic_with(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()
+    })
+}
+
+/// [`write_atomic`] for writers that only take a path (e.g. a library's `save(path)`): `write`
+/// fills a uniquely named temporary file in the target's folder (same extension), which is
+/// renamed into place when it succeeds and removed when it fails.
+pub fn write_atomic_with<E: std::fmt::Display>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> Result<()> {
     check_target(path)?;
     let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
         Some(d) => d,
         None => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| DataError::file(dir, e))?;
-    let mut tmp = tempfile::Builder::new()
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let tmp = tempfile::Builder::new()
         .prefix(".vcp-tmp-")
+        .suffix(&ext)
         .tempfile_in(dir)
         .map_err(|e| DataError::file(dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_data())
-        .map_err(|e| DataError::file(path, e))?;
+    // On error `tmp` is dropped here, which removes the file.
+    write(tmp.path()).map_err(|e| DataError::file(path, e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -63,6 +74,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path)
         .map_err(|e| DataError::file(path, e.error))?;
     Ok(())
+}
+
+/// Encode 8-bit pixels as PNG in memory (then [`write_atomic`] writes them).
+pub fn encode_png(data: &[u8], w: u32, h: u32, color: image::ExtendedColorType) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut out)
+        .write_image(data, w, h, color)
+        .map_err(|e| DataError::Invalid(format!("png encoding: {e}")))?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -106,5 +126,28 @@ mod tests {
                 .all(|n| !n.to_string_lossy().starts_with(".vcp-tmp-")),
             "{names:?}"
         );
+    }
+
+    /// A writer that fails leaves the target untouched and no temporary file behind; the
+    /// temporary keeps the target's extension (libraries choose formats by it).
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("plot.png");
+        std::fs::write(&target, b"old").unwrap();
+        let mut seen = None;
+        let e = write_atomic_with(&target, |tmp| {
+            seen = Some(tmp.to_path_buf());
+            std::fs::write(tmp, b"half")?;
+            Err::<(), _>(std::io::Error::other("disk full"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("plot.png") && e.contains("disk full"), "{e}");
+        let seen = seen.unwrap();
+        assert_eq!(seen.extension().unwrap(), "png");
+        assert!(!seen.exists());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

@@ -499,21 +499,9 @@ pub fn sample(category: &str, index: usize, defective: bool, size: usize, seed: 
     }
 }
 
-fn save_png(path: &Path, data: &[u8], size: usize, color: image::ColorType) -> Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| DataError::file(d, e))?;
-    }
-    let tmp = crate::io::tmp_path(path);
-    image::save_buffer_with_format(
-        &tmp,
-        data,
-        size as u32,
-        size as u32,
-        color,
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| DataError::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DataError::file(path, e))
+fn save_png(path: &Path, data: &[u8], size: usize, color: image::ExtendedColorType) -> Result<()> {
+    let png = crate::io::encode_png(data, size as u32, size as u32, color)?;
+    crate::io::write_atomic(path, &png)
 }
 
 /// Options of `vcp data synth`.
@@ -614,13 +602,18 @@ fn generate_into(out: &Path, o: &SynthOptions) -> Result<Meta> {
                         &out.join(&img_rel),
                         &s.image,
                         o.size,
-                        image::ColorType::Rgb8,
+                        image::ExtendedColorType::Rgb8,
                     )?;
                     let mut mask_rel = String::new();
                     if defective {
                         mask_rel = format!("{cat}/ground_truth/{specie}/{i:03}_mask.png");
                         let m: Vec<u8> = s.mask.iter().map(|&b| if b { 255 } else { 0 }).collect();
-                        save_png(&out.join(&mask_rel), &m, o.size, image::ColorType::L8)?;
+                        save_png(
+                            &out.join(&mask_rel),
+                            &m,
+                            o.size,
+                            image::ExtendedColorType::L8,
+                        )?;
                     }
                     Ok((
                         train,

@@ -29,18 +29,7 @@ fn registered_with_one_line_and_trained_through_the_model() {
 
     let dev = Device::Cpu;
     let w = ClipWeights::random(&ClipConfig::tiny(), 0, &dev).unwrap();
-    let mut cfg = presets::vcp_clip(presets::tiny(64), 4);
-    cfg.deep_prompt.set("dropout", 0.0);
-    cfg.refiner = SlotConfig::of("gated_cross_attention").with("heads", 2);
-    let m = VcpModel::new_in(&reg, &cfg, &w, 1, &dev).unwrap();
-    let names: Vec<String> = m.params.vars().into_iter().map(|(n, _)| n).collect();
-    assert!(names.iter().any(|n| n == "gated_xattn.gate"), "{names:?}");
-    assert!(names.iter().any(|n| n == "temperature.post"), "{names:?}");
     let x = vcp_clip::testing::seeded_randn(7, &[2, 3, 64, 64], &dev);
-    let f = m.encode_images(&x).unwrap();
-    let lg = m.logits(&f, "widget", true, false).unwrap();
-    assert_eq!(lg.refined.len(), 4);
-    assert_eq!(lg.refined[0].dims(), &[2, 2, 4, 4]);
     let mut gt = vec![0f32; 2 * 64 * 64];
     for y in 20..40 {
         for xx in 10..30 {
@@ -48,24 +37,58 @@ fn registered_with_one_line_and_trained_through_the_model() {
         }
     }
     let gt = Tensor::from_vec(gt, (2, 64, 64), &dev).unwrap();
-    let (loss, _) = m.loss(&lg, &gt).unwrap();
-    let grads = loss.backward().unwrap();
-    for (name, v) in m.params.vars() {
-        if !name.starts_with("gated_xattn.") {
-            continue;
+    // Gradient magnitude of every parameter of the refiner, for a gate starting at `gate`.
+    let grads_of = |gate: f64| {
+        let mut cfg = presets::vcp_clip(presets::tiny(64), 4);
+        cfg.deep_prompt.set("dropout", 0.0);
+        cfg.refiner = SlotConfig::of("gated_cross_attention")
+            .with("heads", 2)
+            .with("gate_init", gate);
+        let m = VcpModel::new_in(&reg, &cfg, &w, 1, &dev).unwrap();
+        let names: Vec<String> = m.params.vars().into_iter().map(|(n, _)| n).collect();
+        assert!(names.iter().any(|n| n == "temperature.post"), "{names:?}");
+        let f = m.encode_images(&x).unwrap();
+        let lg = m.logits(&f, "widget", true, false).unwrap();
+        assert_eq!(lg.refined.len(), 4);
+        assert_eq!(lg.refined[0].dims(), &[2, 2, 4, 4]);
+        let (loss, _) = m.loss(&lg, &gt).unwrap();
+        let grads = loss.backward().unwrap();
+        m.params
+            .vars()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("gated_xattn."))
+            .map(|(n, v)| {
+                let s = grads
+                    .get(v.as_tensor())
+                    .map(|g| {
+                        g.abs()
+                            .unwrap()
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .sum_all()
+                            .unwrap()
+                            .to_scalar::<f64>()
+                            .unwrap()
+                    })
+                    .unwrap_or(0.0);
+                (n, s)
+            })
+            .collect::<Vec<_>>()
+    };
+    // Gate closed: tanh(0) = 0 cuts the attention off, so its weights get exactly zero
+    // gradient while the gate itself and the text projection learn.
+    let closed = grads_of(0.0);
+    assert_eq!(closed.len(), 11, "{closed:?}");
+    for (n, s) in &closed {
+        assert!(s.is_finite(), "{n}");
+        if n.starts_with("gated_xattn.attn.") {
+            assert_eq!(*s, 0.0, "{n}");
+        } else {
+            assert!(*s > 0.0, "{n}: {s}");
         }
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let s = g
-            .abs()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert!(s > 0.0 && s.is_finite(), "{name}: gradient sum {s}");
+    }
+    // Gate open: every parameter learns.
+    for (n, s) in grads_of(0.5) {
+        assert!(s > 0.0 && s.is_finite(), "{n}: {s}");
     }
 }

@@ -260,10 +260,9 @@ pub fn save(
     for (k, v) in extra_meta {
         meta.insert(k.to_string(), v.clone());
     }
-    let tmp = vcp_data::io::tmp_path(path);
-    safetensors::serialize_to_file(views, Some(meta), &tmp).map_err(|e| ferr(&tmp, e))?;
-    let sha = sha256_file(&tmp).map_err(|e| ferr(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ferr(path, e))?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| ferr(path, e))?;
+    let sha = format!("{:x}", Sha256::digest(&bytes));
+    vcp_data::io::write_atomic(path, &bytes).map_err(|e| ferr(path, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())

@@ -190,7 +190,9 @@ fn preset_sets(name: &str, base: &Value) -> Result<Vec<(String, Value)>> {
         .unwrap_or("tiny");
     let text_layers = vcp_clip::ClipConfig::preset(bb)
         .map(|c| c.text.layers)
-        .map_err(|e| anyhow::anyhow!("preset `{name}` needs the text depth of backbone.preset: {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("preset `{name}` needs the text depth of backbone.preset: {e}")
+        })?;
     let t = vcp_model::presets::slot_tables(name, text_layers).with_context(|| {
         format!(
             "unknown preset `{name}` (presets: {})",
@@ -200,192 +202,36 @@ fn preset_sets(name: &str, base: &Value) -> Result<Vec<(String, Value)>> {
     Ok(t.into_iter().collect())
 }
 
+/// One `[[variant]]`: its name, the preset's model tables (if it names a preset), its sets.
+struct Variant {
+    name: String,
+    preset: Vec<(String, Value)>,
+    sets: Vec<(String, Value)>,
+}
+
 /// Read an ablation file (or a plain experiment file = one variant) and expand all runs.
 pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) -> Result<Ablation> {
     let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
     let top: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message()))?;
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let name = match top.get("name") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => bail!("{}: `name` must be a string", file.display()),
-        None => file
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "experiment".into()),
-    };
-    // The name becomes a folder under --results: never a path (`../x`, `/tmp/x`, `a/b`).
-    let name = slug(&name).trim_start_matches(['.', '_']).to_string();
-    if name.is_empty() || name.chars().all(|c| c == '.' || c == '_') {
-        bail!("{}: `name` must contain a letter or digit", file.display());
-    }
+    let name = experiment_name(&top, file)?;
     let is_ablation = top.contains_key("base") || top.contains_key("variant");
-    let allowed = [
-        "name",
-        "base",
-        "seeds",
-        "baseline",
-        "set",
-        "variant",
-        "grid",
-        "reference",
-    ];
-    if is_ablation {
-        if let Some(k) = top.keys().find(|k| !allowed.contains(&k.as_str())) {
-            bail!(
-                "{}: unknown key `{k}` (an ablation file has {})",
-                file.display(),
-                allowed.join(", ")
-            );
-        }
-    }
-    let mut base_file: Option<(PathBuf, String)> = None;
-    let base: Value = if is_ablation {
-        let b = top
-            .get("base")
-            .and_then(|v| v.as_str())
-            .with_context(|| format!("{}: `base` (a file name) is required", file.display()))?;
-        let bp = dir.join(b);
-        let bt = std::fs::read_to_string(&bp).with_context(|| format!("{}", bp.display()))?;
-        base_file = Some((bp.clone(), bt.clone()));
-        Value::Table(
-            toml::from_str(&bt)
-                .map_err(|e| anyhow::anyhow!("{}: {}", bp.display(), e.message()))?,
-        )
-    } else {
-        Value::Table(top.clone())
-    };
+    let (base, base_file) = read_base(&top, file, is_ablation)?;
     let global = sets_of(top.get("set"), "set", file)?;
-    // (name, preset tables, sets)
-    let mut variants: Vec<(String, Vec<(String, Value)>, Vec<(String, Value)>)> = Vec::new();
-    match top.get("variant") {
-        Some(Value::Array(a)) => {
-            for (i, v) in a.iter().enumerate() {
-                let t = v
-                    .as_table()
-                    .with_context(|| format!("{}: variant {i} is not a table", file.display()))?;
-                if let Some(k) = t
-                    .keys()
-                    .find(|k| !["name", "set", "preset"].contains(&k.as_str()))
-                {
-                    bail!(
-                        "{}: variant {i}: unknown key `{k}` (expected name, preset, set)",
-                        file.display()
-                    );
-                }
-                let n = t
-                    .get("name")
-                    .and_then(|v| v.as_str())
-                    .with_context(|| format!("{}: variant {i} has no name", file.display()))?;
-                if variants.iter().any(|(m, _, _)| m == n) {
-                    bail!(
-                        "{}: variant {i}: the name `{n}` is used twice (rows would merge)",
-                        file.display()
-                    );
-                }
-                let preset = match t.get("preset") {
-                    None => vec![],
-                    Some(Value::String(p)) => preset_sets(p, &base)
-                        .with_context(|| format!("{}: variant {n}", file.display()))?,
-                    Some(_) => bail!(
-                        "{}: variant {n}: `preset` must be a preset name (one of {})",
-                        file.display(),
-                        vcp_model::presets::NAMES.join(", ")
-                    ),
-                };
-                variants.push((n.to_string(), preset, sets_of(t.get("set"), "set", file)?));
-            }
-        }
-        None => variants.push((name.clone(), vec![], vec![])),
-        Some(_) => bail!(
-            "{}: `variant` must be an array of tables ([[variant]])",
-            file.display()
-        ),
-    }
-    // Grid: cartesian product of (key, values).
-    let mut grid: Vec<Vec<(String, Value)>> = vec![vec![]];
-    if let Some(g) = top.get("grid") {
-        let g = g
-            .as_table()
-            .with_context(|| format!("{}: `grid` must be a table", file.display()))?;
-        for (k, vals) in g {
-            let vals = vals
-                .as_array()
-                .with_context(|| format!("{}: grid `{k}` must be a list", file.display()))?;
-            grid = grid
-                .into_iter()
-                .flat_map(|combo| {
-                    vals.iter().map(move |v| {
-                        let mut c = combo.clone();
-                        c.push((k.clone(), v.clone()));
-                        c
-                    })
-                })
-                .collect();
-        }
-    }
-    let seeds: Vec<u64> = match seeds {
-        Some([]) => bail!("--seeds: give at least one seed"),
-        Some(s) => s.to_vec(),
-        None => match top.get("seeds") {
-            Some(Value::Array(a)) if !a.is_empty() => a
-                .iter()
-                .map(|v| v.as_integer().filter(|&i| i >= 0).map(|i| i as u64))
-                .collect::<Option<_>>()
-                .with_context(|| {
-                    format!(
-                        "{}: `seeds` must be a list of non-negative integers",
-                        file.display()
-                    )
-                })?,
-            Some(_) => bail!(
-                "{}: `seeds` must be a non-empty list of integers, e.g. seeds = [0, 1, 2]",
-                file.display()
-            ),
-            None => vec![base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64],
-        },
-    };
-    let reference: Vec<toml::Table> = match top.get("reference") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let t = v
-                    .as_table()
-                    .with_context(|| format!("{}: reference {i} is not a table", file.display()))?;
-                if !matches!(t.get("name"), Some(Value::String(_))) {
-                    bail!("{}: reference {i} needs a `name`", file.display());
-                }
-                for (k, v) in t.iter().filter(|(k, _)| *k != "name" && *k != "source") {
-                    if !vcp_metrics::COLUMNS.contains(&k.as_str()) {
-                        bail!(
-                            "{}: reference {i}: unknown key `{k}` (metrics: {})",
-                            file.display(),
-                            vcp_metrics::COLUMNS.join(", ")
-                        );
-                    }
-                    if !(v.is_float() || v.is_integer()) {
-                        bail!("{}: reference {i}: `{k}` must be a number", file.display());
-                    }
-                }
-                Ok(t.clone())
-            })
-            .collect::<Result<_>>()?,
-        Some(_) => bail!(
-            "{}: `reference` must be an array of tables ([[reference]])",
-            file.display()
-        ),
-        None => vec![],
-    };
+    let variants = parse_variants(&top, file, &name, &base)?;
+    let grid = parse_grid(&top, file)?;
+    let seeds = parse_seeds(&top, file, seeds, &base)?;
+    let reference = parse_reference(&top, file)?;
     let mut runs = Vec::new();
     let mut names = Vec::new();
-    for (vname, vpreset, vsets) in &variants {
+    for v in &variants {
         for combo in &grid {
             let label = if combo.is_empty() {
-                vname.clone()
+                v.name.clone()
             } else {
                 format!(
-                    "{vname}[{}]",
+                    "{}[{}]",
+                    v.name,
                     combo
                         .iter()
                         .map(|(k, v)| format!("{k}={v}"))
@@ -395,13 +241,15 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
             };
             names.push(label.clone());
             for &seed in &seeds {
-                let mut v = base.clone();
-                let order = vpreset.iter().chain(&global).chain(vsets).chain(combo);
-                for (k, val) in order.chain(cli_sets) {
-                    set_path(&mut v, k, val.clone()).with_context(|| format!("variant {label}"))?;
+                // Order: base, preset, the file's global sets, the variant's, the grid point's,
+                // the command line's, the seed.
+                let mut val = base.clone();
+                let order = v.preset.iter().chain(&global).chain(&v.sets).chain(combo);
+                for (k, x) in order.chain(cli_sets) {
+                    set_path(&mut val, k, x.clone()).with_context(|| format!("variant {label}"))?;
                 }
-                set_path(&mut v, "seed", Value::Integer(seed as i64))?;
-                let t = toml::to_string(&v)?;
+                set_path(&mut val, "seed", Value::Integer(seed as i64))?;
+                let t = toml::to_string(&val)?;
                 let config = ExperimentConfig::from_toml(&t, file).map_err(|e| {
                     // The message names an internal, re-serialised TOML: point at the key in the
                     // user's own files instead (the ablation file's overrides, then the base).
@@ -433,5 +281,217 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
         variants: names,
         reference,
         runs,
+    })
+}
+
+/// The experiment's name as a folder name under `--results` (never a path).
+fn experiment_name(top: &toml::Table, file: &Path) -> Result<String> {
+    let name = match top.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => bail!("{}: `name` must be a string", file.display()),
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "experiment".into()),
+    };
+    // `../x`, `/tmp/x`, `a/b` are slugged.
+    let name = slug(&name).trim_start_matches(['.', '_']).to_string();
+    if name.is_empty() || name.chars().all(|c| c == '.' || c == '_') {
+        bail!("{}: `name` must contain a letter or digit", file.display());
+    }
+    Ok(name)
+}
+
+/// The base experiment (the file itself when it is not an ablation file) and, for an
+/// ablation, the base file's path and text (for error lines).
+fn read_base(
+    top: &toml::Table,
+    file: &Path,
+    is_ablation: bool,
+) -> Result<(Value, Option<(PathBuf, String)>)> {
+    if !is_ablation {
+        return Ok((Value::Table(top.clone()), None));
+    }
+    let allowed = [
+        "name",
+        "base",
+        "seeds",
+        "baseline",
+        "set",
+        "variant",
+        "grid",
+        "reference",
+    ];
+    if let Some(k) = top.keys().find(|k| !allowed.contains(&k.as_str())) {
+        bail!(
+            "{}: unknown key `{k}` (an ablation file has {})",
+            file.display(),
+            allowed.join(", ")
+        );
+    }
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let b = top
+        .get("base")
+        .and_then(|v| v.as_str())
+        .with_context(|| format!("{}: `base` (a file name) is required", file.display()))?;
+    let bp = dir.join(b);
+    let bt = std::fs::read_to_string(&bp).with_context(|| format!("{}", bp.display()))?;
+    let base = Value::Table(
+        toml::from_str(&bt).map_err(|e| anyhow::anyhow!("{}: {}", bp.display(), e.message()))?,
+    );
+    Ok((base, Some((bp, bt))))
+}
+
+fn parse_variants(
+    top: &toml::Table,
+    file: &Path,
+    name: &str,
+    base: &Value,
+) -> Result<Vec<Variant>> {
+    let mut variants: Vec<Variant> = Vec::new();
+    match top.get("variant") {
+        Some(Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                let t = v
+                    .as_table()
+                    .with_context(|| format!("{}: variant {i} is not a table", file.display()))?;
+                if let Some(k) = t
+                    .keys()
+                    .find(|k| !["name", "set", "preset"].contains(&k.as_str()))
+                {
+                    bail!(
+                        "{}: variant {i}: unknown key `{k}` (expected name, preset, set)",
+                        file.display()
+                    );
+                }
+                let n = t
+                    .get("name")
+                    .and_then(|v| v.as_str())
+                    .with_context(|| format!("{}: variant {i} has no name", file.display()))?;
+                if variants.iter().any(|m| m.name == n) {
+                    bail!(
+                        "{}: variant {i}: the name `{n}` is used twice (rows would merge)",
+                        file.display()
+                    );
+                }
+                let preset = match t.get("preset") {
+                    None => vec![],
+                    Some(Value::String(p)) => preset_sets(p, base)
+                        .with_context(|| format!("{}: variant {n}", file.display()))?,
+                    Some(_) => bail!(
+                        "{}: variant {n}: `preset` must be a preset name (one of {})",
+                        file.display(),
+                        vcp_model::presets::NAMES.join(", ")
+                    ),
+                };
+                variants.push(Variant {
+                    name: n.to_string(),
+                    preset,
+                    sets: sets_of(t.get("set"), "set", file)?,
+                });
+            }
+        }
+        None => variants.push(Variant {
+            name: name.to_string(),
+            preset: vec![],
+            sets: vec![],
+        }),
+        Some(_) => bail!(
+            "{}: `variant` must be an array of tables ([[variant]])",
+            file.display()
+        ),
+    }
+    Ok(variants)
+}
+
+/// `[grid]`: the cartesian product of (key, values).
+fn parse_grid(top: &toml::Table, file: &Path) -> Result<Vec<Vec<(String, Value)>>> {
+    let mut grid: Vec<Vec<(String, Value)>> = vec![vec![]];
+    if let Some(g) = top.get("grid") {
+        let g = g
+            .as_table()
+            .with_context(|| format!("{}: `grid` must be a table", file.display()))?;
+        for (k, vals) in g {
+            let vals = vals
+                .as_array()
+                .with_context(|| format!("{}: grid `{k}` must be a list", file.display()))?;
+            grid = grid
+                .into_iter()
+                .flat_map(|combo| {
+                    vals.iter().map(move |v| {
+                        let mut c = combo.clone();
+                        c.push((k.clone(), v.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+    }
+    Ok(grid)
+}
+
+/// `--seeds`, else the file's `seeds`, else the base's `seed`.
+fn parse_seeds(
+    top: &toml::Table,
+    file: &Path,
+    cli: Option<&[u64]>,
+    base: &Value,
+) -> Result<Vec<u64>> {
+    Ok(match cli {
+        Some([]) => bail!("--seeds: give at least one seed"),
+        Some(s) => s.to_vec(),
+        None => match top.get("seeds") {
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(|v| v.as_integer().filter(|&i| i >= 0).map(|i| i as u64))
+                .collect::<Option<_>>()
+                .with_context(|| {
+                    format!(
+                        "{}: `seeds` must be a list of non-negative integers",
+                        file.display()
+                    )
+                })?,
+            Some(_) => bail!(
+                "{}: `seeds` must be a non-empty list of integers, e.g. seeds = [0, 1, 2]",
+                file.display()
+            ),
+            None => vec![base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64],
+        },
+    })
+}
+
+/// `[[reference]]` rows: a name and metric values (numbers reported elsewhere).
+fn parse_reference(top: &toml::Table, file: &Path) -> Result<Vec<toml::Table>> {
+    Ok(match top.get("reference") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let t = v
+                    .as_table()
+                    .with_context(|| format!("{}: reference {i} is not a table", file.display()))?;
+                if !matches!(t.get("name"), Some(Value::String(_))) {
+                    bail!("{}: reference {i} needs a `name`", file.display());
+                }
+                for (k, v) in t.iter().filter(|(k, _)| *k != "name" && *k != "source") {
+                    if !vcp_metrics::COLUMNS.contains(&k.as_str()) {
+                        bail!(
+                            "{}: reference {i}: unknown key `{k}` (metrics: {})",
+                            file.display(),
+                            vcp_metrics::COLUMNS.join(", ")
+                        );
+                    }
+                    if !(v.is_float() || v.is_integer()) {
+                        bail!("{}: reference {i}: `{k}` must be a number", file.display());
+                    }
+                }
+                Ok(t.clone())
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => bail!(
+            "{}: `reference` must be an array of tables ([[reference]])",
+            file.display()
+        ),
+        None => vec![],
     })
 }

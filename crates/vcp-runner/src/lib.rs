@@ -5,6 +5,7 @@
 //! * [`runner`]: resumable runs writing `record.json` last and atomically.
 //! * [`train`], [`eval`]: the training loop and the evaluation shared with `vcp train`/`vcp eval`.
 //! * [`cache`]: frozen-backbone features reused across variants and epochs.
+//! * [`record`]: the typed `record.json` of a finished run.
 //! * [`report`], [`plots`]: tables (polars) and figures (plotters) from the records alone.
 
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod eval;
 pub mod experiment;
 pub mod interrupt;
 pub mod plots;
+pub mod record;
 pub mod report;
 pub mod runner;
 pub mod train;

@@ -2,6 +2,7 @@
 //! fonts are needed): metric bars with seed std, deltas against the baseline variant, a
 //! per-category heat table, mean ROC / PR / PRO curves per variant, and a qualitative grid.
 
+use crate::record::Record;
 use crate::report::{Summary, METRICS};
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
@@ -42,9 +43,22 @@ fn pe<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plot: {e:?}")
 }
 
-fn tmp_for(path: &Path) -> PathBuf {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
-    path.with_extension(format!("{}.tmp.{ext}", std::process::id()))
+/// An RGB buffer for plotters' `BitMapBackend::with_buffer`.
+fn rgb_buffer((w, h): (u32, u32)) -> Vec<u8> {
+    vec![0u8; w as usize * h as usize * 3]
+}
+
+/// Encode an RGB buffer as PNG (with `image`, the one image crate of the build) and write it
+/// atomically.
+fn save_png(path: &Path, (w, h): (u32, u32), buf: Vec<u8>) -> Result<()> {
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("plot buffer size"))?;
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    vcp_data::io::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 /// Grouped bars: groups = metrics, bars = variants; whiskers = seed std.
@@ -168,35 +182,41 @@ fn save_bars(
     deltas: Option<usize>,
 ) -> Result<()> {
     let size = (1000u32, 520u32);
-    let tmp = tmp_for(path);
     if path.extension().and_then(|e| e.to_str()) == Some("svg") {
-        let root = SVGBackend::new(&tmp, size).into_drawing_area();
-        bars(&root, s, metrics, title, deltas)?;
-        root.present().map_err(pe)?;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+            bars(&root, s, metrics, title, deltas)?;
+            root.present().map_err(pe)?;
+        }
+        vcp_data::io::write_atomic(path, svg.as_bytes())?;
     } else {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
-        bars(&root, s, metrics, title, deltas)?;
-        root.present().map_err(pe)?;
+        let mut buf = rgb_buffer(size);
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
+            bars(&root, s, metrics, title, deltas)?;
+            root.present().map_err(pe)?;
+        }
+        save_png(path, size, buf)?;
     }
-    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
+/// The first record (seed order of the folder listing) of variant `v`.
+fn first_of<'a>(records: &'a [Record], v: &str) -> Option<&'a Record> {
+    records.iter().find(|r| r.variant == v)
+}
+
 /// Variants x categories, coloured and labelled with one metric (first seed of each variant).
-fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Result<()> {
+fn heat(path: &Path, records: &[Record], order: &[String], metric: &str) -> Result<()> {
     let mut cats: Vec<String> = Vec::new();
-    let rows: Vec<(String, &Value)> = order
+    let rows: Vec<(String, &Record)> = order
         .iter()
-        .filter_map(|v| {
-            records
-                .iter()
-                .find(|r| r["variant"].as_str() == Some(v.as_str()))
-                .map(|r| (v.clone(), r))
-        })
+        .filter_map(|v| first_of(records, v).map(|r| (v.clone(), r)))
         .collect();
     for (_, r) in &rows {
-        if let Some(c) = r["metrics"]["categories"].as_object() {
-            for k in c.keys() {
+        {
+            for k in r.metrics.categories.keys() {
                 if !cats.contains(k) {
                     cats.push(k.clone());
                 }
@@ -206,10 +226,7 @@ fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Resul
     // Colours span the table's own range (small values such as pixel AP stay distinguishable).
     let vals: Vec<f64> = rows
         .iter()
-        .flat_map(|(_, r)| {
-            cats.iter()
-                .filter_map(|c| r["metrics"]["categories"][c][metric].as_f64())
-        })
+        .flat_map(|(_, r)| cats.iter().filter_map(|c| r.category_metric(c, metric)))
         .collect();
     let (vlo, vhi) = vals
         .iter()
@@ -221,9 +238,9 @@ fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Resul
         (lw + cw * cats.len() as i32 + 20) as u32,
         (th + ch * rows.len() as i32 + 20) as u32,
     );
-    let tmp = tmp_for(path);
+    let mut buf = rgb_buffer(size);
     {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
         root.fill(&WHITE).map_err(pe)?;
         let font = |s: u32| ("sans-serif", s).into_font();
         root.draw(&Text::new(
@@ -252,7 +269,7 @@ fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Resul
                 .map_err(pe)?;
             for (j, c) in cats.iter().enumerate() {
                 let x = lw + cw * j as i32;
-                let v = r["metrics"]["categories"][c][metric].as_f64();
+                let v = r.category_metric(c, metric);
                 let t = |v: f64| {
                     if vhi > vlo {
                         ((v - vlo) / (vhi - vlo)) as f32
@@ -281,7 +298,7 @@ fn heat(path: &Path, records: &[Value], order: &[String], metric: &str) -> Resul
         }
         root.present().map_err(pe)?;
     }
-    std::fs::rename(&tmp, path)?;
+    save_png(path, size, buf)?;
     Ok(())
 }
 
@@ -334,24 +351,17 @@ struct CurveSpec<'a> {
 fn curves_plot(
     path: &Path,
     exp_dir: &Path,
-    records: &[Value],
+    records: &[Record],
     order: &[String],
     spec: &CurveSpec,
 ) -> Result<bool> {
     let CurveSpec { key, title, xl, yl } = *spec;
     let mut series = Vec::new();
     for v in order {
-        let Some(r) = records
-            .iter()
-            .find(|r| r["variant"].as_str() == Some(v.as_str()))
-        else {
+        let Some(r) = first_of(records, v) else {
             continue;
         };
-        let dir = exp_dir.join("runs").join(format!(
-            "{}-{}",
-            crate::experiment::slug(v),
-            &r["hash"].as_str().unwrap_or("")[..8.min(r["hash"].as_str().unwrap_or("").len())]
-        ));
+        let dir = r.run_dir(exp_dir);
         let Ok(text) = std::fs::read_to_string(dir.join("curves.json")) else {
             continue;
         };
@@ -363,9 +373,10 @@ fn curves_plot(
     if series.is_empty() {
         return Ok(false);
     }
-    let tmp = tmp_for(path);
+    let size: (u32, u32) = (640, 520);
+    let mut buf = rgb_buffer(size);
     {
-        let root = BitMapBackend::new(&tmp, (640, 520)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
         root.fill(&WHITE).map_err(pe)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -405,44 +416,28 @@ fn curves_plot(
             .map_err(pe)?;
         root.present().map_err(pe)?;
     }
-    std::fs::rename(&tmp, path)?;
+    save_png(path, size, buf)?;
     Ok(true)
 }
 
 /// Rows: the same test images; columns: input, then each variant's heat-map overlay.
-fn qualitative(path: &Path, exp_dir: &Path, records: &[Value], order: &[String]) -> Result<bool> {
-    let firsts: Vec<(&String, &Value)> = order
+fn qualitative(path: &Path, exp_dir: &Path, records: &[Record], order: &[String]) -> Result<bool> {
+    let firsts: Vec<(&String, &Record)> = order
         .iter()
-        .filter_map(|v| {
-            records
-                .iter()
-                .find(|r| r["variant"].as_str() == Some(v.as_str()))
-                .map(|r| (v, r))
-        })
+        .filter_map(|v| first_of(records, v).map(|r| (v, r)))
         .collect();
     let Some((_, r0)) = firsts.first() else {
         return Ok(false);
     };
-    let items: Vec<String> = r0["qualitative"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|q| q["img_path"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let items: Vec<String> = items.into_iter().take(6).collect();
+    let items: Vec<String> = r0
+        .qualitative
+        .iter()
+        .map(|q| q.img_path.clone())
+        .take(6)
+        .collect();
     if items.is_empty() {
         return Ok(false);
     }
-    let run_dir = |v: &str, r: &Value| {
-        let h = r["hash"].as_str().unwrap_or("");
-        exp_dir.join("runs").join(format!(
-            "{}-{}",
-            crate::experiment::slug(v),
-            &h[..8.min(h.len())]
-        ))
-    };
     let tile = 128u32;
     // The overlay columns outline the ground truth in green.
     let (head, left) = (40u32, 0u32);
@@ -463,16 +458,10 @@ fn qualitative(path: &Path, exp_dir: &Path, records: &[Value], order: &[String])
     };
     for (row, item) in items.iter().enumerate() {
         let y0 = head + row as u32 * tile;
-        for (col, (v, r)) in firsts.iter().enumerate() {
-            let file = r["qualitative"]
-                .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .find(|q| q["img_path"].as_str() == Some(item.as_str()))
-                })
-                .and_then(|q| q["file"].as_str());
-            if let Some(f) = file {
-                if let Ok(img) = image::open(run_dir(v, r).join(f)) {
+        for (col, (_, r)) in firsts.iter().enumerate() {
+            let file = r.qualitative.iter().find(|q| &q.img_path == item);
+            if let Some(q) = file {
+                if let Ok(img) = image::open(r.run_dir(exp_dir).join(&q.file)) {
                     let img = img.to_rgb8();
                     if col == 0 {
                         blit(&img, left, y0, 0);
@@ -511,16 +500,14 @@ fn qualitative(path: &Path, exp_dir: &Path, records: &[Value], order: &[String])
     }
     let img =
         image::RgbImage::from_raw(w, h, buf).ok_or_else(|| anyhow!("qualitative grid buffer"))?;
-    let tmp = tmp_for(path);
-    img.save(&tmp)?;
-    std::fs::rename(&tmp, path)?;
+    save_png(path, (w, h), img.into_raw())?;
     Ok(true)
 }
 
 /// Every plot of the report; returns the files written.
 pub fn all(
     exp_dir: &Path,
-    records: &[Value],
+    records: &[Record],
     s: &Summary,
     baseline: Option<&str>,
 ) -> Result<Vec<PathBuf>> {
@@ -624,9 +611,10 @@ pub fn line_chart(
         anyhow::bail!("{}: nothing to plot", path.display());
     }
     let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let tmp = tmp_for(path);
+    let size: (u32, u32) = (900, 460);
+    let mut buf = rgb_buffer(size);
     {
-        let root = BitMapBackend::new(&tmp, (900, 460)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, size).into_drawing_area();
         root.fill(&WHITE).map_err(pe)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
@@ -660,6 +648,6 @@ pub fn line_chart(
             .map_err(pe)?;
         root.present().map_err(pe)?;
     }
-    std::fs::rename(&tmp, path)?;
+    save_png(path, size, buf)?;
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! `table.tex`), values x100. Reference rows (paper numbers, released checkpoints) from the
 //! ablation file are printed beside the measured ones.
 
+use crate::record::Record;
 use anyhow::{bail, Context, Result};
 use polars::prelude::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// The metric columns, in the order of `vcp eval-maps`.
@@ -19,7 +19,7 @@ pub const METRICS: [&str; 9] = vcp_metrics::COLUMNS;
 pub fn load_records(
     exp_dir: &Path,
     expected: Option<&[String]>,
-) -> Result<(Vec<Value>, Vec<String>)> {
+) -> Result<(Vec<Record>, Vec<String>)> {
     let runs = exp_dir.join("runs");
     let mut v = Vec::new();
     let mut stale = Vec::new();
@@ -31,12 +31,9 @@ pub fn load_records(
     for dir in entries {
         let p = dir.join("record.json");
         if p.exists() {
-            let r: Value = serde_json::from_str(&std::fs::read_to_string(&p)?)
-                .with_context(|| format!("{}", p.display()))?;
+            let r = Record::load(&p)?;
             let keep = match expected {
-                Some(hashes) => r["hash"]
-                    .as_str()
-                    .is_some_and(|h| hashes.iter().any(|x| x == h)),
+                Some(hashes) => hashes.contains(&r.hash),
                 None => true,
             };
             if keep {
@@ -58,22 +55,19 @@ pub fn load_records(
 }
 
 /// One row per run.
-pub fn runs_frame(records: &[Value]) -> Result<DataFrame> {
+pub fn runs_frame(records: &[Record]) -> Result<DataFrame> {
     let n = records.len();
     let mut cols: Vec<Column> = vec![
         Column::new(
             "variant".into(),
             records
                 .iter()
-                .map(|r| r["variant"].as_str().unwrap_or("").to_string())
+                .map(|r| r.variant.clone())
                 .collect::<Vec<_>>(),
         ),
         Column::new(
             "seed".into(),
-            records
-                .iter()
-                .map(|r| r["seed"].as_u64().unwrap_or(0))
-                .collect::<Vec<_>>(),
+            records.iter().map(|r| r.seed).collect::<Vec<_>>(),
         ),
     ];
     for m in METRICS {
@@ -81,7 +75,7 @@ pub fn runs_frame(records: &[Value]) -> Result<DataFrame> {
             m.into(),
             records
                 .iter()
-                .map(|r| r["metrics"]["mean"][m].as_f64())
+                .map(|r| r.metrics.mean.get(m))
                 .collect::<Vec<Option<f64>>>(),
         ));
     }
@@ -89,10 +83,36 @@ pub fn runs_frame(records: &[Value]) -> Result<DataFrame> {
         "wall_seconds".into(),
         records
             .iter()
-            .map(|r| r["wall_seconds"]["total"].as_f64())
+            .map(|r| r.wall_seconds.total)
             .collect::<Vec<_>>(),
     ));
     Ok(DataFrame::new(n, cols)?)
+}
+
+/// Write a table as CSV (polars' writer, the one writer of every CSV of the results) atomically.
+pub fn write_csv(path: &Path, mut df: DataFrame) -> Result<()> {
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).finish(&mut df)?;
+    vcp_data::io::write_atomic(path, &buf)?;
+    Ok(())
+}
+
+/// Per category of one run (`per_category.csv`): the metric columns, values x100, empty where
+/// undefined.
+pub fn per_category_frame(rows: &[(String, vcp_metrics::CategoryMetrics)]) -> Result<DataFrame> {
+    let mut cols = vec![Column::new(
+        "category".into(),
+        rows.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>(),
+    )];
+    for m in METRICS {
+        cols.push(Column::new(
+            m.into(),
+            rows.iter()
+                .map(|(_, r)| r.get(m).map(|v| v * 100.0))
+                .collect::<Vec<Option<f64>>>(),
+        ));
+    }
+    Ok(DataFrame::new(rows.len(), cols)?)
 }
 
 /// Mean and sample std of the non-missing values.
@@ -187,10 +207,7 @@ pub fn write_tables(
                 .collect::<Vec<_>>(),
         ));
     }
-    let mut df = DataFrame::new(n, cols)?;
-    let mut buf = Vec::new();
-    CsvWriter::new(&mut buf).finish(&mut df)?;
-    vcp_data::io::write_atomic(&exp_dir.join("table.csv"), &buf)?;
+    write_csv(&exp_dir.join("table.csv"), DataFrame::new(n, cols)?)?;
 
     let mut md = format!(
         "| variant | seeds | {} |\n|:--|--:|{}\n",
@@ -280,24 +297,24 @@ pub fn report(
 
 /// Where the numbers come from: the command, the code (commit, clean or not), the device and
 /// the date of the records; and any stale records that were left out.
-fn provenance_footer(records: &[Value], stale: &[String]) -> String {
-    let uniq = |key: &dyn Fn(&Value) -> String| {
+fn provenance_footer(records: &[Record], stale: &[String]) -> String {
+    let uniq = |key: &dyn Fn(&Record) -> String| {
         let mut v: Vec<String> = records.iter().map(key).collect();
         v.sort();
         v.dedup();
         v.join(", ")
     };
-    let commits = uniq(&|r: &Value| {
-        let c = r["git"]["commit"].as_str().unwrap_or("unknown");
-        let dirty = match r["git"]["dirty"].as_bool() {
+    let commits = uniq(&|r: &Record| {
+        let c = r.git.commit.as_deref().unwrap_or("unknown");
+        let dirty = match r.git.dirty {
             Some(true) => " (dirty)",
             Some(false) => " (clean)",
             None => "",
         };
         format!("{}{dirty}", &c[..c.len().min(12)])
     });
-    let commands = uniq(&|r: &Value| r["command"].as_str().unwrap_or("").to_string());
-    let devices = uniq(&|r: &Value| r["device"].as_str().unwrap_or("").to_string());
+    let commands = uniq(&|r: &Record| r.command.clone());
+    let devices = uniq(&|r: &Record| r.device.clone());
     let mut s = format!(
         "Produced by `{commands}`; code {commits}; device {devices}; {} runs.\n",
         records.len()

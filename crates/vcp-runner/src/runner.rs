@@ -4,10 +4,10 @@
 
 use crate::cache::FeatureCache;
 use crate::experiment::{Ablation, RunSpec};
+use crate::record::{Datasets, Git, Metrics, OrderedMap, Qualitative, Record, WallSeconds};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::MultiProgress;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use vcp_model::VcpModel;
 
@@ -22,31 +22,15 @@ pub fn git_state() -> (Option<String>, Option<bool>) {
     )
 }
 
-/// UTC time as RFC 3339 from the Unix clock (civil-from-days, no date crate needed).
+/// UTC time as (Unix seconds, RFC 3339), e.g. `2026-11-30T15:04:05Z`.
 pub fn utc_now() -> (f64, String) {
-    let now = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now();
+    let secs = now
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    (
-        now.as_secs_f64(),
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        ),
-    )
+        .unwrap_or_default()
+        .as_secs_f64();
+    let t = chrono::DateTime::<chrono::Utc>::from(now);
+    (secs, t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 pub struct RunOptions {
@@ -60,7 +44,9 @@ pub struct RunOptions {
     pub command: String,
 }
 
-fn backbone_weights(
+/// CLIP weights of the backbone config: a file/directory, or seeded weights of a preset (random,
+/// or the embedded pretrained ones).
+pub fn backbone_weights(
     cfg: &vcp_model::config::BackboneConfig,
     device: &Device,
 ) -> Result<vcp_clip::ClipWeights> {
@@ -163,10 +149,83 @@ fn write_overlay(path: &Path, rgb: &[u8], map: &[f32], mask: &[bool], size: usiz
     } else {
         img
     };
-    let tmp = path.with_extension("tmp.png");
-    img.save(&tmp)?;
-    std::fs::rename(&tmp, path)?;
+    let (w, h) = img.dimensions();
+    let png = vcp_data::io::encode_png(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)?;
+    vcp_data::io::write_atomic(path, &png)?;
     Ok(())
+}
+
+/// Training of one run (when the experiment trains anything); epoch lines go to `log`.
+fn train_phase(
+    exp: &crate::config::ExperimentConfig,
+    model: &VcpModel,
+    dir: &Path,
+    cache: Option<&FeatureCache>,
+    mp: &MultiProgress,
+    device: &Device,
+    log: &mut String,
+) -> Result<crate::train::TrainReport> {
+    let mut train_report = crate::train::TrainReport::default();
+    if let Some(tc) = &exp.train {
+        if model.parameter_count() > 0 && tc.epochs > 0 {
+            let (meta, _, root) = crate::data::resolve(&tc.data, tc.root.as_deref(), &exp.synth)?;
+            let opts = crate::train::TrainOptions {
+                out: dir,
+                resume: false,
+                keep_last_only: true,
+                cache,
+                val: None,
+                seed: exp.seed,
+                quiet: true,
+                progress: Some(mp),
+            };
+            train_report = crate::train::train(model, tc, &meta, &root, &opts, device)?;
+            for e in &train_report.epochs {
+                log.push_str(&format!(
+                    "epoch {} loss {:.5} ({:.1} s)\n",
+                    e.epoch, e.loss, e.seconds
+                ));
+            }
+        }
+    }
+    Ok(train_report)
+}
+
+/// The run folder's files besides the record: qualitative overlays, `per_category.csv`,
+/// `curves.json`. Returns the overlays for the record.
+fn write_run_files(
+    dir: &Path,
+    ev: &crate::eval::EvalOutput,
+    size: usize,
+) -> Result<Vec<Qualitative>> {
+    std::fs::create_dir_all(dir.join("qual"))?;
+    let mut qual = Vec::new();
+    for k in &ev.kept {
+        let (p, rgb, map, mask) = (&k.img_path, &k.rgb, &k.map, &k.mask);
+        let name = format!(
+            "{}.png",
+            crate::experiment::slug(p.trim_end_matches(|c: char| c != '.').trim_end_matches('.'))
+        );
+        write_overlay(&dir.join("qual").join(&name), rgb, map, mask, size)?;
+        qual.push(Qualitative {
+            img_path: p.clone(),
+            file: format!("qual/{name}"),
+        });
+    }
+    crate::report::write_csv(
+        &dir.join("per_category.csv"),
+        crate::report::per_category_frame(&ev.rows)?,
+    )?;
+    let curves: serde_json::Map<String, serde_json::Value> = ev
+        .curves
+        .iter()
+        .map(|(c, cv)| (c.clone(), serde_json::to_value(cv).unwrap()))
+        .collect();
+    vcp_data::io::write_atomic(
+        &dir.join("curves.json"),
+        serde_json::to_string(&curves)?.as_bytes(),
+    )?;
+    Ok(qual)
 }
 
 pub fn run_one(
@@ -191,29 +250,7 @@ pub fn run_one(
             crate::eval::check_references(&meta, exp.fewshot.k)?;
         }
     }
-    let mut train_report = crate::train::TrainReport::default();
-    if let Some(tc) = &exp.train {
-        if model.parameter_count() > 0 && tc.epochs > 0 {
-            let (meta, _, root) = crate::data::resolve(&tc.data, tc.root.as_deref(), &exp.synth)?;
-            let opts = crate::train::TrainOptions {
-                out: dir,
-                resume: false,
-                keep_last_only: true,
-                cache,
-                val: None,
-                seed: exp.seed,
-                quiet: true,
-                progress: Some(mp),
-            };
-            train_report = crate::train::train(&model, tc, &meta, &root, &opts, &o.device)?;
-            for e in &train_report.epochs {
-                log.push_str(&format!(
-                    "epoch {} loss {:.5} ({:.1} s)\n",
-                    e.epoch, e.loss, e.seconds
-                ));
-            }
-        }
-    }
+    let train_report = train_phase(exp, &model, dir, cache, mp, &o.device, &mut log)?;
     let ec = exp
         .eval
         .clone()
@@ -228,88 +265,43 @@ pub fn run_one(
     };
     let ev = crate::eval::evaluate(&model, &meta, &root, &eo, &o.device, &pb)?;
     pb.finish_and_clear();
-    let size = exp.backbone.image_size;
-    std::fs::create_dir_all(dir.join("qual"))?;
-    let mut qual = Vec::new();
-    for k in &ev.kept {
-        let (p, rgb, map, mask) = (&k.img_path, &k.rgb, &k.map, &k.mask);
-        let name = format!(
-            "{}.png",
-            crate::experiment::slug(p.trim_end_matches(|c: char| c != '.').trim_end_matches('.'))
-        );
-        write_overlay(&dir.join("qual").join(&name), rgb, map, mask, size)?;
-        qual.push(json!({"img_path": p, "file": format!("qual/{name}")}));
-    }
+    let qual = write_run_files(dir, &ev, exp.backbone.image_size)?;
     let (mean, mean_notes) = vcp_metrics::mean_over_categories(&ev.rows);
-    let mut csv = String::from("category");
-    for c in vcp_metrics::COLUMNS {
-        csv.push(',');
-        csv.push_str(c);
-    }
-    csv.push('\n');
-    for (cls, m) in &ev.rows {
-        csv.push_str(cls);
-        for c in vcp_metrics::COLUMNS {
-            csv.push(',');
-            if let Some(v) = m.get(c) {
-                csv.push_str(&format!("{:.4}", v * 100.0));
-            }
-        }
-        csv.push('\n');
-    }
-    vcp_data::io::write_atomic(&dir.join("per_category.csv"), csv.as_bytes())?;
-    let curves: serde_json::Map<String, serde_json::Value> = ev
-        .curves
-        .iter()
-        .map(|(c, cv)| (c.clone(), serde_json::to_value(cv).unwrap()))
-        .collect();
-    vcp_data::io::write_atomic(
-        &dir.join("curves.json"),
-        serde_json::to_string(&curves)?.as_bytes(),
-    )?;
     let (t_end, end_iso) = utc_now();
     let (commit, dirty) = git_state();
-    let categories: serde_json::Map<String, serde_json::Value> = ev
-        .rows
-        .iter()
-        .map(|(c, m)| (c.clone(), serde_json::to_value(m).unwrap()))
-        .collect();
-    let record = json!({
-        "experiment": spec.experiment,
-        "variant": spec.variant,
-        "seed": spec.seed,
-        "hash": spec.hash,
-        "dataset": {"train": exp.train.as_ref().map(|t| t.data.clone()), "eval": ec.data},
-        "git": {"commit": commit, "dirty": dirty},
-        "command": o.command,
-        "device": format!("{:?}", o.device),
-        "dtype": serde_json::to_value(exp.backbone.dtype)?,
-        "start": start_iso,
-        "end": end_iso,
-        "wall_seconds": {
-            "total": t_end - t_start,
-            "train": train_report.seconds,
-            "eval": ev.seconds,
-            "backbone": train_report.backbone_seconds + ev.backbone_seconds,
+    let record = Record {
+        experiment: spec.experiment.clone(),
+        variant: spec.variant.clone(),
+        seed: spec.seed,
+        hash: spec.hash.clone(),
+        dataset: Datasets {
+            train: exp.train.as_ref().map(|t| t.data.clone()),
+            eval: ec.data.clone(),
         },
-        "peak_rss_mib": crate::train::peak_rss_mib(),
-        "trainable_parameters": model.parameter_count(),
-        "checkpoint_sha256": train_report.sha256,
-        "train_loss": train_report.epochs.iter().map(|e| e.loss).collect::<Vec<_>>(),
-        "metrics": {"mean": mean, "categories": categories},
-        "notes": ev.notes.iter().chain(mean_notes.iter()).collect::<Vec<_>>(),
-        "qualitative": qual,
-    });
-    let mut record = record;
-    if !ev.references.is_empty() {
-        // Few-shot: which normal images served as references, per category.
-        record["fewshot_references"] = ev
-            .references
-            .iter()
-            .map(|(c, p)| (c.clone(), json!(p)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
-    }
+        git: Git { commit, dirty },
+        command: o.command.clone(),
+        device: format!("{:?}", o.device),
+        dtype: exp.backbone.dtype,
+        start: start_iso,
+        end: end_iso,
+        wall_seconds: WallSeconds {
+            total: t_end - t_start,
+            train: train_report.seconds,
+            eval: ev.seconds,
+            backbone: train_report.backbone_seconds + ev.backbone_seconds,
+        },
+        peak_rss_mib: crate::train::peak_rss_mib(),
+        trainable_parameters: model.parameter_count(),
+        checkpoint_sha256: train_report.sha256.clone(),
+        train_loss: train_report.epochs.iter().map(|e| e.loss).collect(),
+        metrics: Metrics {
+            mean: mean.clone(),
+            categories: OrderedMap(ev.rows.clone()),
+        },
+        notes: ev.notes.iter().chain(mean_notes.iter()).cloned().collect(),
+        qualitative: qual,
+        fewshot_references: OrderedMap(ev.references.clone()),
+    };
     log.push_str(&format!(
         "eval: mean auroc_px {:?} ap_px {:?}\n",
         mean.auroc_px, mean.ap_px

@@ -134,6 +134,87 @@ pub struct TrainOptions<'a> {
     pub progress: Option<&'a indicatif::MultiProgress>,
 }
 
+/// Groups of a batch's images per backward pass: per category when the text depends on the
+/// category name (one text per group), else the whole batch.
+fn loss_groups(classes: &[String], per_class_text: bool) -> Vec<(String, Vec<usize>)> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    if per_class_text {
+        for (i, c) in classes.iter().enumerate() {
+            match groups.iter_mut().find(|(g, _)| g == c) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((c.clone(), vec![i])),
+            }
+        }
+    } else {
+        groups.push((classes[0].clone(), (0..classes.len()).collect()));
+    }
+    groups
+}
+
+/// The batch's loss and summed gradients, computed per group in chunks of at most `chunk`
+/// images. Loss = sum_g (n_g / B) L_g exactly, so the summed gradients equal the full-batch
+/// gradient while only one chunk's upsampled maps are held.
+fn batch_gradients(
+    model: &VcpModel,
+    feats: &vcp_model::Features,
+    gt: &Tensor,
+    groups: &[(String, Vec<usize>)],
+    chunk: usize,
+    all_vars: &[(String, Var)],
+) -> Result<(f32, candle_core::backprop::GradStore)> {
+    let n: usize = groups.iter().map(|(_, g)| g.len()).sum();
+    let device = gt.device();
+    let mut grads: Option<candle_core::backprop::GradStore> = None;
+    let mut v = 0f32;
+    for (cls, idx) in groups {
+        for part in idx.chunks(chunk) {
+            let ids = Tensor::from_vec(
+                part.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                part.len(),
+                device,
+            )?;
+            let lg = model.logits(&feats.select(part)?, cls, true, false)?;
+            let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
+            let l = (l * (part.len() as f64 / n as f64))?;
+            let lv = l.to_scalar::<f32>()?;
+            if !lv.is_finite() {
+                bail!("training diverged: loss is {lv}");
+            }
+            v += lv;
+            let g = l.backward()?;
+            let vars: Vec<_> = all_vars.iter().map(|(_, v)| v.clone()).collect();
+            grads = Some(accumulate(grads, g, &vars)?);
+        }
+    }
+    Ok((v, grads.expect("a non-empty batch")))
+}
+
+/// Mean pixel AP over the validation data's categories (the per-epoch log).
+fn validation_ap(
+    model: &VcpModel,
+    vm: &Meta,
+    vroot: &Path,
+    batch_size: usize,
+    o: &TrainOptions,
+    device: &Device,
+) -> Result<Option<f64>> {
+    let vpb = if o.quiet {
+        ProgressBar::hidden()
+    } else {
+        crate::bar(vm.test.len() as u64, "val images")
+    };
+    let eo = crate::eval::EvalOptions {
+        batch_size,
+        save_maps: None,
+        keep_images: 0,
+        cache: o.cache,
+    };
+    let r = crate::eval::evaluate(model, vm, vroot, &eo, device, &vpb)?;
+    vpb.finish_and_clear();
+    let aps: Vec<f64> = r.rows.iter().filter_map(|(_, m)| m.ap_px).collect();
+    Ok((!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64))
+}
+
 pub fn train(
     model: &VcpModel,
     tc: &TrainConfig,
@@ -223,45 +304,15 @@ pub fn train(
             )?;
             report.backbone_seconds += tb.elapsed().as_secs_f64();
             let gt = Tensor::from_slice(&b.masks, (b.len(), size, size), device)?;
-            // Groups of images per backward pass: per category when the text depends on the
-            // category name, at most `loss_chunk` images each. Loss = sum_g (n_g / B) L_g exactly,
-            // so the summed gradients equal the full-batch gradient.
             let n = b.len();
-            let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-            if per_class_text {
-                for (i, c) in b.classes.iter().enumerate() {
-                    match groups.iter_mut().find(|(g, _)| g == c) {
-                        Some((_, v)) => v.push(i),
-                        None => groups.push((c.clone(), vec![i])),
-                    }
-                }
-            } else {
-                groups.push((b.classes[0].clone(), (0..n).collect()));
-            }
             let chunk = tc.loss_chunk.unwrap_or(n).max(1);
-            let mut grads: Option<candle_core::backprop::GradStore> = None;
-            let mut v = 0f32;
-            for (cls, idx) in &groups {
-                for part in idx.chunks(chunk) {
-                    let ids = Tensor::from_vec(
-                        part.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                        part.len(),
-                        device,
-                    )?;
-                    let lg = model.logits(&feats.select(part)?, cls, true, false)?;
-                    let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
-                    let l = (l * (part.len() as f64 / n as f64))?;
-                    let lv = l.to_scalar::<f32>()?;
-                    if !lv.is_finite() {
-                        bail!("training diverged: loss is {lv} at epoch {epoch}, step {step}; no checkpoint was written for this epoch");
-                    }
-                    v += lv;
-                    let g = l.backward()?;
-                    let vars: Vec<_> = all_vars.iter().map(|(_, v)| v.clone()).collect();
-                    grads = Some(accumulate(grads, g, &vars)?);
-                }
-            }
-            let grads = grads.expect("a non-empty batch");
+            let groups = loss_groups(&b.classes, per_class_text);
+            let (v, grads) = batch_gradients(model, &feats, &gt, &groups, chunk, &all_vars)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e} at epoch {epoch}, step {step}; no checkpoint was written for this epoch"
+                    )
+                })?;
             opt_main.step(&grads)?;
             opt_temp.step(&grads)?;
             sum += v as f64;
@@ -286,24 +337,10 @@ pub fn train(
             let _ = std::fs::remove_file(&prev);
             let _ = std::fs::remove_file(prev.with_extension("safetensors.sha256"));
         }
-        let mut val_ap = None;
-        if let Some((vm, vroot)) = o.val {
-            let vpb = if o.quiet {
-                ProgressBar::hidden()
-            } else {
-                crate::bar(vm.test.len() as u64, "val images")
-            };
-            let eo = crate::eval::EvalOptions {
-                batch_size: tc.batch_size,
-                save_maps: None,
-                keep_images: 0,
-                cache: o.cache,
-            };
-            let r = crate::eval::evaluate(model, vm, vroot, &eo, device, &vpb)?;
-            vpb.finish_and_clear();
-            let aps: Vec<f64> = r.rows.iter().filter_map(|(_, m)| m.ap_px).collect();
-            val_ap = (!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64);
-        }
+        let val_ap = match o.val {
+            Some((vm, vroot)) => validation_ap(model, vm, vroot, tc.batch_size, o, device)?,
+            None => None,
+        };
         let e = EpochLog {
             epoch,
             loss: mean_loss,

@@ -60,7 +60,8 @@ fn every_ablation_file_expands() {
 fn presets_and_their_experiment_file_forms_agree() {
     registry();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
-    let spelled = vcp_runner::experiment::load(&dir.join("ablate_default.toml"), &[], None).unwrap();
+    let spelled =
+        vcp_runner::experiment::load(&dir.join("ablate_default.toml"), &[], None).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let pairs = [
         ("utp", "utp"),
@@ -99,8 +100,14 @@ fn presets_and_their_experiment_file_forms_agree() {
         ),
     )
     .unwrap();
-    let e = format!("{:#}", vcp_runner::experiment::load(&p, &[], None).unwrap_err());
-    assert!(e.contains("unknown preset `winclip`") && e.contains("april_gan"), "{e}");
+    let e = format!(
+        "{:#}",
+        vcp_runner::experiment::load(&p, &[], None).unwrap_err()
+    );
+    assert!(
+        e.contains("unknown preset `winclip`") && e.contains("april_gan"),
+        "{e}"
+    );
 }
 
 fn write_ablation(dir: &std::path::Path, head: &str, tail: &str) -> PathBuf {
@@ -190,7 +197,7 @@ fn the_device_class_is_part_of_a_run_and_stale_records_are_left_out() {
     assert_eq!(stale, vec!["a-cuda".to_string(), "a-edited".to_string()]);
     let mean: f64 = recs
         .iter()
-        .map(|r| r["metrics"]["mean"]["auroc_px"].as_f64().unwrap())
+        .map(|r| r.metrics.mean.auroc_px.unwrap())
         .sum::<f64>()
         / 2.0;
     assert!((mean - 0.85).abs() < 1e-12);

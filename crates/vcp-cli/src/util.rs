@@ -19,18 +19,7 @@ pub fn write_stdout(line: &str) {
     }
 }
 
-/// The error chain on one line; candle errors can carry a backtrace, which is dropped.
-pub fn one_line(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let s = cause.to_string();
-        let first = s.lines().next().unwrap_or("").trim().to_string();
-        if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
-            parts.push(first);
-        }
-    }
-    parts.join(": ")
-}
+pub use vcp_runner::one_line;
 
 /// Load CLIP weights from a HF directory or OpenAI file; `tiny` (when no such path exists) gives
 /// the tiny preset with deterministic random weights.

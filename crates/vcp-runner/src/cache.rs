@@ -1,12 +1,143 @@
 //! Frozen-backbone feature cache. The CLIP image tower never changes, so its outputs for an image
 //! are the same for every variant that shares backbone weights, input size, taps and attention;
-//! they are computed once per (backbone, image, augmentation draw) and reused across variants
-//! and epochs, in memory up to a size limit.
+//! they are computed once per (backbone, device class, image) and reused across variants and
+//! epochs: in memory up to a size limit, and optionally on disk (`--feature-cache DIR`), where
+//! every process working on an experiment (workers, Slurm array tasks) finds them.
+//!
+//! On disk an entry is one safetensors file named by the SHA-256 of its key, written atomically
+//! (unique temporary + rename), so two processes computing the same entry at once both succeed
+//! and a reader never sees half a file. Writing stops with one message when the size limit is
+//! reached or the disk is full; reading goes on.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use vcp_model::{Features, VcpModel};
+
+/// Where and how much the disk cache may hold.
+#[derive(Debug, Clone)]
+pub struct DiskOptions {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+struct Disk {
+    opts: DiskOptions,
+    /// Bytes in the folder (measured at start, plus what this process wrote).
+    used: AtomicU64,
+    writable: AtomicBool,
+    hits: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+impl Disk {
+    fn open(opts: DiskOptions) -> Self {
+        let used = dir_size(&opts.dir);
+        Self {
+            opts,
+            used: AtomicU64::new(used),
+            writable: AtomicBool::new(true),
+            hits: AtomicUsize::new(0),
+            writes: AtomicUsize::new(0),
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        let h = format!("{:x}", Sha256::digest(key.as_bytes()));
+        self.opts.dir.join(&h[..2]).join(format!("{h}.safetensors"))
+    }
+
+    fn load(&self, key: &str) -> Option<Entry> {
+        let p = self.path(key);
+        let bytes = std::fs::read(&p).ok()?;
+        // A file that does not parse (a tampered cache) is recomputed and rewritten.
+        let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+        let get = |name: &str| -> Option<Tensor> {
+            let v = st.tensor(name).ok()?;
+            if v.dtype() != safetensors::Dtype::F32 {
+                return None;
+            }
+            let data: Vec<f32> = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Tensor::from_vec(data, v.shape(), &Device::Cpu).ok()
+        };
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+        let meta = meta.metadata().as_ref()?;
+        let grid: usize = meta.get("grid")?.parse().ok()?;
+        let n: usize = meta.get("layers")?.parse().ok()?;
+        let layers = (0..n)
+            .map(|i| get(&format!("layer.{i}")))
+            .collect::<Option<Vec<_>>>()?;
+        let global = get("global")?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Entry {
+            layers,
+            global,
+            grid,
+        })
+    }
+
+    fn store(&self, key: &str, e: &Entry) {
+        if !self.writable.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(bytes) = e.to_safetensors() else {
+            return;
+        };
+        let size = bytes.len() as u64;
+        if self.used.load(Ordering::Relaxed) + size > self.opts.max_bytes {
+            if self.writable.swap(false, Ordering::Relaxed) {
+                eprintln!(
+                    "feature cache {}: reached its limit of {} MiB; new features are not written (raise --feature-cache-mib or delete the folder)",
+                    self.opts.dir.display(),
+                    self.opts.max_bytes >> 20
+                );
+            }
+            return;
+        }
+        match vcp_data::io::write_atomic(&self.path(key), &bytes) {
+            Ok(()) => {
+                self.used.fetch_add(size, Ordering::Relaxed);
+                self.writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                if self.writable.swap(false, Ordering::Relaxed) {
+                    let full = err.to_string().contains("No space left");
+                    eprintln!(
+                        "feature cache {}: {}; features are computed without writing them from now on",
+                        self.opts.dir.display(),
+                        if full {
+                            "the disk is full".to_string()
+                        } else {
+                            err.to_string()
+                        }
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+            Ok(m) => total += m.len(),
+            Err(_) => {}
+        }
+    }
+    total
+}
 
 /// Identifies what the frozen tower computes: the backbone config minus nothing it ignores.
 pub fn backbone_key(model: &VcpModel) -> String {
@@ -32,8 +163,47 @@ struct Entry {
     grid: usize,
 }
 
+impl Entry {
+    fn to_safetensors(&self) -> Result<Vec<u8>> {
+        let mut named: Vec<(String, Tensor)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("layer.{i}"), t.to_dtype(DType::F32)))
+            .map(|(n, t)| t.map(|t| (n, t)))
+            .collect::<Result<_>>()?;
+        named.push(("global".into(), self.global.to_dtype(DType::F32)?));
+        let data: Vec<(String, Vec<u8>, Vec<usize>)> = named
+            .iter()
+            .map(|(n, t)| {
+                let v = t.flatten_all()?.to_vec1::<f32>()?;
+                Ok((
+                    n.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    t.dims().to_vec(),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let views = data
+            .iter()
+            .map(|(n, b, s)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let meta = HashMap::from([
+            ("grid".to_string(), self.grid.to_string()),
+            ("layers".to_string(), self.layers.len().to_string()),
+        ]);
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
 pub struct FeatureCache {
     map: Mutex<HashMap<String, Entry>>,
+    disk: Option<Disk>,
     bytes: Mutex<usize>,
     pub max_bytes: usize,
     pub hits: Mutex<usize>,
@@ -44,10 +214,30 @@ impl FeatureCache {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            disk: None,
             bytes: Mutex::new(0),
             max_bytes,
             hits: Mutex::new(0),
             misses: Mutex::new(0),
+        }
+    }
+
+    /// Also keep features on disk (shared with other processes).
+    pub fn with_disk(mut self, opts: Option<DiskOptions>) -> Self {
+        self.disk = opts.map(Disk::open);
+        self
+    }
+
+    /// `, N read from / M written to DIR` (empty without a disk cache).
+    pub fn disk_summary(&self) -> String {
+        match &self.disk {
+            Some(d) => format!(
+                "; disk {}: {} read, {} written",
+                d.opts.dir.display(),
+                d.hits.load(Ordering::Relaxed),
+                d.writes.load(Ordering::Relaxed)
+            ),
+            None => String::new(),
         }
     }
 
@@ -60,15 +250,31 @@ impl FeatureCache {
         keys: &[Option<String>],
         device: &Device,
     ) -> Result<Features> {
-        let bk = backbone_key(model);
+        let bk = format!(
+            "{}|{}",
+            backbone_key(model),
+            if device.is_cuda() { "cuda" } else { "cpu" }
+        );
         let full: Vec<Option<String>> = keys
             .iter()
             .map(|k| k.as_ref().map(|k| format!("{bk}#{k}")))
             .collect();
         let missing: Vec<usize> = {
-            let map = self.map.lock().unwrap();
+            let mut map = self.map.lock().unwrap();
             (0..keys.len())
-                .filter(|&i| full[i].as_ref().is_none_or(|k| !map.contains_key(k)))
+                .filter(|&i| match &full[i] {
+                    None => true,
+                    Some(k) if map.contains_key(k) => false,
+                    Some(k) => match self.disk.as_ref().and_then(|d| d.load(k)) {
+                        // From disk into memory (not counted against the memory limit: it was
+                        // computed by another process and would be recomputed otherwise).
+                        Some(e) => {
+                            map.insert(k.clone(), e);
+                            false
+                        }
+                        None => true,
+                    },
+                })
                 .collect()
         };
         *self.hits.lock().unwrap() += keys.len() - missing.len();
@@ -96,6 +302,9 @@ impl FeatureCache {
                         global: f.global.narrow(0, j, 1)?.to_device(&Device::Cpu)?,
                         grid: f.grid,
                     };
+                    if let Some(d) = &self.disk {
+                        d.store(k, &e);
+                    }
                     let size: usize = e.layers.iter().map(|t| t.elem_count() * 4).sum::<usize>()
                         + e.global.elem_count() * 4;
                     let mut b = self.bytes.lock().unwrap();
@@ -147,8 +356,9 @@ impl FeatureCache {
     }
 }
 
-/// Frozen features of a batch: from the cache when one is given (keyed by dataset root and image
-/// path, i.e. un-augmented images), else computed directly.
+/// Frozen features of a batch: from the cache when one is given (keyed by dataset root, image
+/// path, size and modification time, i.e. un-augmented images of unchanged files), else
+/// computed directly.
 pub fn batch_features(
     cache: Option<&FeatureCache>,
     model: &VcpModel,
@@ -161,7 +371,16 @@ pub fn batch_features(
         Some(c) => {
             let keys: Vec<Option<String>> = paths
                 .iter()
-                .map(|p| Some(format!("{}:{p}", root.display())))
+                .map(|p| {
+                    let m = std::fs::metadata(root.join(p)).ok();
+                    let len = m.as_ref().map(|m| m.len()).unwrap_or(0);
+                    let mtime = m
+                        .and_then(|m| m.modified().ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0);
+                    Some(format!("{}:{p}:{len}:{mtime}", root.display()))
+                })
                 .collect();
             c.features(model, pixels, &keys, device)
         }

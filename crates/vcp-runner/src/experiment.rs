@@ -76,6 +76,14 @@ impl Ablation {
         self
     }
 
+    /// The runs of shard `i` of `n` (see [`shard_of`]).
+    pub fn shard(&self, i: usize, n: usize) -> Vec<&RunSpec> {
+        self.runs
+            .iter()
+            .filter(|r| shard_of(&r.hash, n) == i)
+            .collect()
+    }
+
     /// Hashes of the runs this experiment consists of (what its table may contain).
     pub fn hashes(&self) -> Vec<String> {
         self.runs.iter().map(|r| r.hash.clone()).collect()
@@ -112,6 +120,27 @@ fn locate_in_user_files(
         }
     }
     format!("{} (variant {variant}): {msg}", file.display())
+}
+
+/// The shard (of `n`) a run belongs to: a stable function of its hash, so every process given
+/// the same `n` agrees without talking to the others.
+pub fn shard_of(hash: &str, n: usize) -> usize {
+    let v = u64::from_str_radix(&hash[..16.min(hash.len())], 16).unwrap_or(0);
+    (v % n.max(1) as u64) as usize
+}
+
+/// `I/N` (0-based `I < N`) from `--shard`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--shard `{s}`: expected I/N with 0 <= I < N, e.g. 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 /// A run's identity: its resolved configuration and the device class it runs on.

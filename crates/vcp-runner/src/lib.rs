@@ -14,11 +14,14 @@ pub mod data;
 pub mod eval;
 pub mod experiment;
 pub mod interrupt;
+pub mod lock;
 pub mod plots;
 pub mod record;
 pub mod report;
 pub mod runner;
+pub mod slurm;
 pub mod train;
+pub mod workers;
 
 /// A progress bar in the workspace's style.
 pub fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
@@ -29,4 +32,18 @@ pub fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
         .unwrap()
         .progress_chars("=> "),
     )
+}
+
+/// An error chain on one line: the first line of each cause, joined with `: ` (causes that
+/// repeat an earlier one left out), as the CLI prints errors.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        let first = s.lines().next().unwrap_or("").trim().to_string();
+        if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
+            parts.push(first);
+        }
+    }
+    parts.join(": ")
 }

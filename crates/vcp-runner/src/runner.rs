@@ -3,7 +3,7 @@
 //! left no record and is redone. Frozen-backbone features are shared across runs (cache.rs).
 
 use crate::cache::FeatureCache;
-use crate::experiment::{Ablation, RunSpec};
+use crate::experiment::RunSpec;
 use crate::record::{Datasets, Git, Metrics, OrderedMap, Qualitative, Record, WallSeconds};
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -42,6 +42,14 @@ pub struct RunOptions {
     pub keep_images: usize,
     /// The command that started the runs (recorded; printed under the tables).
     pub command: String,
+    /// No progress bars (worker processes, Slurm tasks).
+    pub quiet: bool,
+    /// After a failed run, go on with the others (workers, Slurm tasks).
+    pub keep_going: bool,
+    /// Print `ran <hash> <variant> seed <seed>` to stdout after each finished run.
+    pub announce: bool,
+    /// Frozen features on disk, shared by processes (`--feature-cache`).
+    pub feature_cache: Option<crate::cache::DiskOptions>,
 }
 
 /// CLIP weights of the backbone config: a file/directory, or seeded weights of a preset (random,
@@ -61,48 +69,150 @@ pub fn backbone_weights(
     }
 }
 
-/// Run every run of the ablation that has no record yet. Returns (done before, run now).
-pub fn run_all(ab: &Ablation, o: &RunOptions) -> Result<(usize, usize)> {
-    let cache = FeatureCache::new(if o.cache { o.cache_bytes } else { 0 });
-    let mp = MultiProgress::new();
-    let overall = mp.add(crate::bar(ab.runs.len() as u64, "runs"));
-    overall.set_prefix(ab.name.clone());
-    let (mut skipped, mut ran) = (0, 0);
+/// What [`run_all`] did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// Runs with a record before this call.
+    pub skipped: usize,
+    /// Runs this process finished.
+    pub ran: usize,
+    /// Runs another process was working on.
+    pub busy: usize,
+    /// (variant, seed, error) of runs that failed (with `keep_going`).
+    pub failed: Vec<(String, u64, String)>,
+}
+
+/// The state of a run, as `vcp ablate EXP --status` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    Done,
+    Running(crate::lock::Holder),
+    /// The last line of the run's `error.txt`.
+    Failed(String),
+    Pending,
+}
+
+pub const ERROR_FILE: &str = "error.txt";
+
+pub fn run_state(dir: &Path) -> RunState {
+    if dir.join("record.json").exists() {
+        return RunState::Done;
+    }
+    if let Some(h) = crate::lock::holder(dir) {
+        if h.may_be_alive() {
+            return RunState::Running(h);
+        }
+    }
+    match std::fs::read_to_string(dir.join(ERROR_FILE)) {
+        Ok(t) => RunState::Failed(t.lines().last().unwrap_or("").to_string()),
+        Err(_) => RunState::Pending,
+    }
+}
+
+/// Run every given run that has no record and that no other live process holds. Each run is
+/// claimed with a lock file first (see [`crate::lock`]), so several processes may share one
+/// experiment folder. A failed run leaves `error.txt` (its message) and no record; with
+/// `keep_going` the others still run, else the error is returned at once.
+pub fn run_all(runs: &[&RunSpec], name: &str, o: &RunOptions) -> Result<RunSummary> {
+    let cache = FeatureCache::new(if o.cache { o.cache_bytes } else { 0 })
+        .with_disk(o.feature_cache.clone());
+    let mp = if o.quiet {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    } else {
+        MultiProgress::new()
+    };
+    let overall = mp.add(crate::bar(runs.len() as u64, "runs"));
+    overall.set_prefix(name.to_string());
+    let mut sum = RunSummary::default();
     crate::interrupt::install();
-    for spec in &ab.runs {
+    for spec in runs {
         if crate::interrupt::requested() {
             anyhow::bail!(
-                "interrupted (Ctrl-C): {} runs finished now, {skipped} before; rerun to continue",
-                ran
+                "interrupted (Ctrl-C): {} runs finished now, {} before; rerun to continue",
+                sum.ran,
+                sum.skipped
             );
         }
         let dir = spec.dir(&o.results);
         if dir.join("record.json").exists() {
-            skipped += 1;
+            sum.skipped += 1;
             overall.inc(1);
             continue;
         }
+        let lock = match crate::lock::try_claim(&dir)? {
+            crate::lock::Claim::Acquired(l) => l,
+            crate::lock::Claim::Held(h) => {
+                if !o.quiet {
+                    mp.suspend(|| {
+                        eprintln!(
+                            "{} seed {}: running in {h}; skipped here",
+                            spec.variant, spec.seed
+                        )
+                    });
+                }
+                sum.busy += 1;
+                overall.inc(1);
+                continue;
+            }
+        };
+        if dir.join("record.json").exists() {
+            // Finished by another process between the check and the claim.
+            sum.skipped += 1;
+            overall.inc(1);
+            continue;
+        }
+        if let Some(h) = &lock.took_over {
+            mp.suspend(|| {
+                eprintln!(
+                    "{} seed {}: took over the stale lock of {h} (that process is gone); redoing the run",
+                    spec.variant, spec.seed
+                )
+            });
+        }
+        let _ = std::fs::remove_file(dir.join(ERROR_FILE));
         overall.set_message(format!("{} (seed {})", spec.variant, spec.seed));
-        run_one(
+        let res = run_one(
             spec,
             &dir,
             o,
             if o.cache { Some(&cache) } else { None },
             &mp,
         )
-        .with_context(|| format!("run {} seed {}", spec.variant, spec.seed))?;
-        ran += 1;
+        .with_context(|| format!("run {} seed {}", spec.variant, spec.seed));
+        match res {
+            Ok(()) => {
+                sum.ran += 1;
+                if o.announce {
+                    // One line per finished run (workers' logs, tests counting who ran what).
+                    println!("ran {} {} seed {}", spec.hash, spec.variant, spec.seed);
+                }
+            }
+            Err(e) => {
+                let msg = crate::one_line(&e);
+                let _ = vcp_data::io::write_atomic(
+                    &dir.join(ERROR_FILE),
+                    format!("{msg}\n").as_bytes(),
+                );
+                if !o.keep_going || crate::interrupt::requested() {
+                    return Err(e);
+                }
+                mp.suspend(|| eprintln!("failed: {msg}"));
+                sum.failed.push((spec.variant.clone(), spec.seed, msg));
+            }
+        }
+        drop(lock);
         overall.inc(1);
     }
     overall.finish_and_clear();
     let (hits, misses, bytes) = cache.stats();
-    if o.cache && hits + misses > 0 {
+    if o.cache && hits + misses > 0 && !o.quiet {
         eprintln!(
-            "feature cache: {hits} hits, {misses} misses, {:.1} MiB",
-            bytes as f64 / 1048576.0
+            "feature cache: {hits} hits, {misses} misses, {:.1} MiB in memory{}",
+            bytes as f64 / 1048576.0,
+            cache.disk_summary()
         );
     }
-    Ok((skipped, ran))
+    Ok(sum)
 }
 
 fn write_overlay(path: &Path, rgb: &[u8], map: &[f32], mask: &[bool], size: usize) -> Result<()> {
@@ -301,6 +411,7 @@ pub fn run_one(
         notes: ev.notes.iter().chain(mean_notes.iter()).cloned().collect(),
         qualitative: qual,
         fewshot_references: OrderedMap(ev.references.clone()),
+        worker: Some(crate::lock::Holder::me()),
     };
     log.push_str(&format!(
         "eval: mean auroc_px {:?} ap_px {:?}\n",

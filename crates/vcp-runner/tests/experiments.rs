@@ -170,6 +170,51 @@ fn malformed_experiment_files_are_errors_naming_the_key() {
         .any(|c| c == std::path::Component::ParentDir));
 }
 
+/// A complete record of a run with one metric set.
+fn record(variant: &str, seed: u64, hash: &str, auroc: f64) -> vcp_runner::record::Record {
+    use vcp_runner::record::*;
+    Record {
+        experiment: "x".into(),
+        variant: variant.into(),
+        seed,
+        hash: hash.into(),
+        dataset: Datasets {
+            train: None,
+            eval: "synth:beta".into(),
+        },
+        git: Git {
+            commit: None,
+            dirty: None,
+        },
+        command: "vcp ablate x.toml".into(),
+        device: "Cpu".into(),
+        dtype: Default::default(),
+        start: String::new(),
+        end: String::new(),
+        wall_seconds: WallSeconds {
+            total: 1.0,
+            train: 0.0,
+            eval: 1.0,
+            backbone: 0.5,
+        },
+        peak_rss_mib: None,
+        trainable_parameters: 0,
+        checkpoint_sha256: None,
+        train_loss: vec![],
+        metrics: Metrics {
+            mean: vcp_metrics::CategoryMetrics {
+                auroc_px: Some(auroc),
+                ..Default::default()
+            },
+            categories: OrderedMap::default(),
+        },
+        notes: vec![],
+        qualitative: vec![],
+        fewshot_references: OrderedMap::default(),
+        worker: None,
+    }
+}
+
 #[test]
 fn the_device_class_is_part_of_a_run_and_stale_records_are_left_out() {
     let d = tempfile::tempdir().unwrap();
@@ -184,9 +229,11 @@ fn the_device_class_is_part_of_a_run_and_stale_records_are_left_out() {
     let write = |dir: &str, hash: &str, auroc: f64| {
         let r = exp.join("runs").join(dir);
         std::fs::create_dir_all(&r).unwrap();
-        let rec = serde_json::json!({"variant": "a", "seed": 0, "hash": hash,
-            "metrics": {"mean": {"auroc_px": auroc}}, "wall_seconds": {"total": 1.0}});
-        std::fs::write(r.join("record.json"), rec.to_string()).unwrap();
+        std::fs::write(
+            r.join("record.json"),
+            serde_json::to_string(&record("a", 0, hash, auroc)).unwrap(),
+        )
+        .unwrap();
     };
     write("a-current0", &cpu.runs[0].hash, 0.9);
     write("a-current1", &cpu.runs[1].hash, 0.8);

@@ -1,0 +1,363 @@
+//! Scaling out on one machine: run locks (two processes never run one run twice, a stale lock
+//! is taken over, another host's lock is respected), `--shard` (disjoint and complete),
+//! `--workers` (same table as one process), `--status`, and `--slurm` without a cluster
+//! (dry run, no sbatch, bad options, all-or-nothing submission with a fake sbatch).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn vcp(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vcp"));
+    c.env("VCP_CACHE", cache);
+    c
+}
+
+fn ok(out: Output) -> (String, String) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A 6-run ablation (3 variants x 2 seeds) of the tiny model on a few synthetic images.
+fn mini(dir: &Path) -> PathBuf {
+    let base = std::fs::read_to_string(root().join("experiments/vcp_clip_tiny.toml"))
+        .unwrap()
+        .replace("image_size = 128", "image_size = 64")
+        .replace("epochs = 2", "epochs = 1")
+        .replace("per_category = 12", "per_category = 2")
+        .replace("size = 128", "size = 48")
+        .replace("dropout = 0.1", "dropout = 0.0")
+        .replace("augment = true", "augment = false");
+    std::fs::write(dir.join("base.toml"), base).unwrap();
+    let ab = r#"
+name = "mini_scale"
+base = "base.toml"
+seeds = [0, 1]
+[[variant]]
+name = "utp"
+set = { "deep_prompt" = { kind = "none" }, "category" = { kind = "static", tokens = 2 }, "refiner" = { kind = "identity" }, "fusion.raw_weight" = 1.0 }
+[[variant]]
+name = "vcp_clip"
+set = {}
+[[variant]]
+name = "april_gan"
+preset = "april_gan"
+"#;
+    std::fs::write(dir.join("mini.toml"), ab).unwrap();
+    dir.join("mini.toml")
+}
+
+/// Exactly one line of the error output is the error.
+fn one_error(stderr: &str) -> bool {
+    stderr.lines().filter(|l| l.starts_with("error")).count() == 1
+}
+
+/// `ran <hash> ...` lines a worker printed.
+fn ran(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("ran "))
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect()
+}
+
+fn records(results: &Path) -> BTreeMap<String, serde_json::Value> {
+    let runs = results.join("mini_scale/runs");
+    std::fs::read_dir(runs)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path().join("record.json");
+            let r: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+            Some((r["hash"].as_str().unwrap().to_string(), r))
+        })
+        .collect()
+}
+
+#[test]
+fn two_processes_share_an_experiment_without_running_a_run_twice() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let spawn = || {
+        vcp(&cache)
+            .arg("ablate")
+            .arg(&file)
+            .arg("--results")
+            .arg(&results)
+            .arg("--worker")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p1, p2) = (spawn(), spawn());
+    let (pid1, pid2) = (p1.id() as u64, p2.id() as u64);
+    let (o1, _) = ok(p1.wait_with_output().unwrap());
+    let (o2, _) = ok(p2.wait_with_output().unwrap());
+    let (r1, r2) = (ran(&o1), ran(&o2));
+    let mut all: Vec<String> = r1.iter().chain(&r2).cloned().collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "a run ran twice: {r1:?} / {r2:?}");
+    let recs = records(&results);
+    assert_eq!(recs.len(), 6);
+    assert_eq!(all, recs.keys().cloned().collect::<Vec<_>>());
+    // Each record names the process that announced it.
+    for (h, r) in &recs {
+        let pid = r["worker"]["pid"].as_u64().unwrap();
+        assert_eq!(pid, if r1.contains(h) { pid1 } else { pid2 }, "{h}");
+    }
+    eprintln!("process 1 ran {}, process 2 ran {}", r1.len(), r2.len());
+    // --status: all done, no locks left.
+    let (st, _) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .arg("--status")
+        .output()
+        .unwrap());
+    assert!(
+        st.contains("6 runs: 6 done, 0 running, 0 failed, 0 pending"),
+        "{st}"
+    );
+    for e in std::fs::read_dir(results.join("mini_scale/runs")).unwrap() {
+        assert!(!e.unwrap().path().join("lock.json").exists());
+    }
+}
+
+#[test]
+fn locks_stale_and_foreign_shards_and_workers() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let ablate = || {
+        let mut c = vcp(&cache);
+        c.arg("ablate").arg(&file).arg("--results").arg(&results);
+        c
+    };
+    // Shards: disjoint and complete.
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        let (out, _) = ok(ablate()
+            .args(["--shard", &format!("{i}/3"), "--worker"])
+            .output()
+            .unwrap());
+        seen.extend(ran(&out));
+    }
+    let n = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(n, 6, "shards overlap or miss runs: {seen:?}");
+    assert_eq!(seen.len(), 6);
+    let recs = records(&results);
+    let table_one_process = {
+        let (out, _) = ok(ablate().arg("--no-feature-cache").output().unwrap());
+        assert!(out.contains("0 runs done, 6 already finished"), "{out}");
+        std::fs::read_to_string(results.join("mini_scale/table.csv")).unwrap()
+    };
+    for bad in ["3/3", "1", "a/b", "0/0"] {
+        let out = ablate().args(["--shard", bad]).output().unwrap();
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("--shard") && one_error(&e), "{e}");
+    }
+    // A stale lock (its process is gone) is taken over and the run redone; another host's
+    // lock is respected and shown by --status.
+    let (h_stale, h_remote) = {
+        let mut k = recs.keys();
+        (k.next().unwrap().clone(), k.next().unwrap().clone())
+    };
+    let dir_of = |h: &str| {
+        std::fs::read_dir(results.join("mini_scale/runs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(&h[..8]))
+            .unwrap()
+    };
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    for (h, host, pid) in [(&h_stale, host.as_str(), dead), (&h_remote, "node-b", 4242)] {
+        let dir = dir_of(h);
+        std::fs::remove_file(dir.join("record.json")).unwrap();
+        std::fs::write(
+            dir.join("lock.json"),
+            format!(r#"{{"host":"{host}","pid":{pid},"start":"2026-11-30T10:00:00Z"}}"#),
+        )
+        .unwrap();
+    }
+    let (st, _) = ok(ablate().arg("--status").output().unwrap());
+    assert!(
+        st.contains("4 done, 1 running, 0 failed, 1 pending"),
+        "{st}"
+    );
+    assert!(st.contains("by node-b:4242"), "{st}");
+    let (out, err) = ok(ablate().output().unwrap());
+    assert!(err.contains("took over the stale lock"), "{err}");
+    assert!(
+        out.contains("1 runs done, 4 already finished, 1 running in other processes"),
+        "{out}"
+    );
+    assert!(
+        out.contains("5 of 6") || out.contains("1 of 6 runs have no record"),
+        "{out}"
+    );
+    assert!(dir_of(&h_stale).join("record.json").exists());
+    assert!(!dir_of(&h_remote).join("record.json").exists());
+    // The other host's run finishes (its lock goes away): --workers 2 completes the
+    // experiment, and the table equals the one-process table number for number.
+    std::fs::remove_file(dir_of(&h_remote).join("lock.json")).unwrap();
+    let (out, _) = ok(ablate().args(["--workers", "2"]).output().unwrap());
+    assert!(out.contains("Table:"), "{out}");
+    let logs: Vec<_> = std::fs::read_dir(results.join("mini_scale/workers"))
+        .unwrap()
+        .collect();
+    assert_eq!(logs.len(), 2);
+    let table = std::fs::read_to_string(results.join("mini_scale/table.csv")).unwrap();
+    assert_eq!(table, table_one_process);
+}
+
+#[test]
+fn slurm_without_a_cluster_dry_run_and_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let empty_path = d.path().join("empty_path");
+    std::fs::create_dir_all(&empty_path).unwrap();
+    let slurm = |path: &Path| {
+        let mut c = vcp(&cache);
+        c.env("PATH", path)
+            .arg("ablate")
+            .arg(&file)
+            .arg("--results")
+            .arg(&results)
+            .arg("--slurm");
+        c
+    };
+    // Dry run: scripts printed and kept, nothing submitted (no sbatch needed).
+    let (out, _) = ok(slurm(&empty_path)
+        .args([
+            "--partition",
+            "gpu",
+            "--gres",
+            "gpu:1",
+            "--time",
+            "01:00:00",
+        ])
+        .args([
+            "--array-parallelism",
+            "2",
+            "--sbatch-arg=--mem=8G",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap());
+    assert!(out.contains("#SBATCH --array=0-5%2"), "{out}");
+    assert!(out.contains("#SBATCH --partition=gpu") && out.contains("#SBATCH --gres=gpu:1"));
+    assert!(out.contains("#SBATCH --time=01:00:00") && out.contains("#SBATCH --mem=8G"));
+    assert!(
+        out.contains(env!("CARGO_BIN_EXE_vcp")),
+        "absolute binary path: {out}"
+    );
+    assert!(out.contains("--run-index \"$SLURM_ARRAY_TASK_ID\""));
+    assert!(out.contains("--dependency") || out.contains("afterany"));
+    assert!(out.contains("nothing submitted"));
+    let subs: Vec<_> = std::fs::read_dir(results.join("mini_scale/slurm"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(subs.len(), 1);
+    let runs = std::fs::read_to_string(subs[0].join("runs.txt")).unwrap();
+    assert_eq!(runs.lines().count(), 6);
+    // No sbatch on the PATH: one line, nothing written.
+    let out = slurm(&empty_path).output().unwrap();
+    assert_eq!(
+        std::fs::read_dir(results.join("mini_scale/slurm"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("sbatch is not on the PATH") && one_error(&e),
+        "{e}"
+    );
+    // A malformed --sbatch-arg.
+    let out = slurm(&empty_path)
+        .arg("--sbatch-arg=mem 8G")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("--sbatch-arg"), "{e}");
+    // A fake Slurm whose controller is down: nothing submitted.
+    let fake = d.path().join("fake_slurm");
+    std::fs::create_dir_all(&fake).unwrap();
+    let script = |name: &str, body: &str| {
+        let p = fake.join(name);
+        std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let calls = d.path().join("calls.txt");
+    script(
+        "scontrol",
+        "echo 'Slurmctld(primary) at vm is DOWN'; exit 1",
+    );
+    script(
+        "sbatch",
+        &format!("echo sbatch \"$@\" >> {}; exit 1", calls.display()),
+    );
+    let out = slurm(&fake)
+        .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("not reachable") && e.contains("DOWN"),
+        "{e}"
+    );
+    assert!(!calls.exists(), "sbatch was called");
+    // Controller up, the array accepted, the collector refused: the array is cancelled.
+    script("scontrol", "exit 0");
+    script(
+        "sbatch",
+        &format!(
+            "echo sbatch \"$@\" >> {c}; for a in \"$@\"; do case $a in --dependency*) echo 'sbatch: error: Invalid dependency' >&2; exit 1;; esac; done; echo 77",
+            c = calls.display()
+        ),
+    );
+    script(
+        "scancel",
+        &format!("echo scancel \"$@\" >> {}", calls.display()),
+    );
+    let out = slurm(&fake)
+        .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("cancelled") && e.contains("Invalid dependency"),
+        "{e}"
+    );
+    let c = std::fs::read_to_string(&calls).unwrap();
+    assert!(c.contains("scancel 77"), "{c}");
+}

@@ -13,39 +13,71 @@ use candle_core::Tensor;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-fn walk(obj: Object, prefix: &str, dir: &Path, out: &mut Vec<TensorInfo>) {
-    let name = Object::Unicode(prefix.to_string());
-    match obj {
-        Object::Dict(kv) => {
-            for (k, v) in kv {
-                let key = match k {
-                    Object::Unicode(s) => s,
-                    Object::Int(i) => i.to_string(),
-                    Object::Long(i) => i.to_string(),
-                    _ => continue,
-                };
-                let p = if prefix.is_empty() {
-                    key
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                walk(v, &p, dir, out);
-            }
-        }
-        Object::Build { callable, args } => {
-            if let Ok(Some(info)) = callable.clone().into_tensor_info(name, dir) {
-                out.push(info);
-            } else {
-                walk(*args, prefix, dir, out);
-            }
-        }
-        obj @ Object::Reduce { .. } => {
-            if let Ok(Some(info)) = obj.into_tensor_info(name, dir) {
-                out.push(info);
-            }
-        }
-        _ => {}
+/// Run `f`, turning a panic inside candle's pickle code (e.g. a tuple shorter than
+/// `_rebuild_tensor_v2` expects) into an error, without printing a panic message.
+fn contained<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(prev);
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "malformed object".into())
+    })
+}
+
+/// A tensor's info, or `None` when `obj` is not a tensor (objects candle cannot convert are
+/// skipped, as before); one that makes candle's code panic is an error.
+fn tensor_info(
+    obj: Object,
+    name: &str,
+    dir: &Path,
+) -> std::result::Result<Option<TensorInfo>, String> {
+    let n = Object::Unicode(name.to_string());
+    match contained(|| obj.into_tensor_info(n, dir)) {
+        Ok(Ok(i)) => Ok(i),
+        Ok(Err(_)) => Ok(None),
+        Err(p) => Err(format!("tensor `{name}`: malformed ({p})")),
     }
+}
+
+/// Every tensor of the object tree, named by its path of keys (iterative: no recursion).
+fn walk(root: Object, dir: &Path) -> std::result::Result<Vec<TensorInfo>, String> {
+    let mut out = Vec::new();
+    let mut todo = vec![(root, String::new())];
+    while let Some((obj, prefix)) = todo.pop() {
+        match obj {
+            Object::Dict(kv) => {
+                for (k, v) in kv.into_iter().rev() {
+                    let key = match k {
+                        Object::Unicode(s) => s,
+                        Object::Int(i) => i.to_string(),
+                        Object::Long(i) => i.to_string(),
+                        _ => continue,
+                    };
+                    let p = if prefix.is_empty() {
+                        key
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    todo.push((v, p));
+                }
+            }
+            Object::Build { callable, args } => match tensor_info(*callable, &prefix, dir) {
+                Ok(Some(info)) => out.push(info),
+                _ => todo.push((*args, prefix)),
+            },
+            obj @ Object::Reduce { .. } => {
+                if let Some(info) = tensor_info(obj, &prefix, dir)? {
+                    out.push(info);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 fn load_info(path: &Path, info: &TensorInfo) -> Result<Tensor> {
@@ -59,10 +91,26 @@ fn load_info(path: &Path, info: &TensorInfo) -> Result<Tensor> {
     if !layout.is_contiguous() && !fortran {
         return Err(err(&"non-contiguous tensors are not supported"));
     }
-    let skip = (layout.start_offset() * info.dtype.size_in_bytes()) as u64;
+    // Declared sizes are bounded by the data actually in the archive before anything is
+    // allocated (a crafted header may declare terabytes).
+    let elem = info.dtype.size_in_bytes() as u64;
+    let n = layout
+        .dims()
+        .iter()
+        .try_fold(elem, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| err(&"declared shape overflows"))?;
+    let skip = (layout.start_offset() as u64)
+        .checked_mul(elem)
+        .ok_or_else(|| err(&"declared offset overflows"))?;
+    let have = reader.size();
+    if skip.checked_add(n).is_none_or(|end| end > have) {
+        return Err(err(&format!(
+            "declares {} bytes at offset {skip} but its data `{}` holds {have}",
+            n, info.path
+        )));
+    }
     std::io::copy(&mut reader.by_ref().take(skip), &mut std::io::sink()).map_err(|e| err(&e))?;
-    let n = layout.shape().elem_count() * info.dtype.size_in_bytes();
-    let mut bytes = vec![0u8; n];
+    let mut bytes = vec![0u8; n as usize];
     reader
         .read_exact(&mut bytes)
         .map_err(|e| err(&format!("truncated tensor data ({e})")))?;
@@ -76,6 +124,9 @@ fn load_info(path: &Path, info: &TensorInfo) -> Result<Tensor> {
         Tensor::from_raw_buffer(&bytes, info.dtype, layout.dims(), cpu).map_err(|e| err(&e))
     }
 }
+
+/// Largest `data.pkl` read (its objects, not the tensors: those are separate members).
+const MAX_PICKLE_BYTES: u64 = 1 << 30;
 
 /// All tensors of a PyTorch zip archive, named as `state_dict()` would name them.
 pub fn read_pickled_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -96,22 +147,35 @@ pub fn read_pickled_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .ok_or_else(|| ClipError::file(path, "no data.pkl inside the archive"))?
         .clone();
     let dir = std::path::PathBuf::from(pkl.strip_suffix(".pkl").unwrap_or(&pkl));
-    let obj = {
-        let reader = zip.by_name(&pkl).map_err(|e| ClipError::file(path, e))?;
-        let mut reader = BufReader::new(reader);
+    let bytes = {
+        let mut reader = zip.by_name(&pkl).map_err(|e| ClipError::file(path, e))?;
+        if reader.size() > MAX_PICKLE_BYTES {
+            return Err(ClipError::file(path, "data.pkl is larger than 1 GiB"));
+        }
+        let mut b = Vec::with_capacity(reader.size() as usize);
+        reader
+            .by_ref()
+            .take(MAX_PICKLE_BYTES)
+            .read_to_end(&mut b)
+            .map_err(|e| ClipError::file(path, format!("data.pkl: {e}")))?;
+        b
+    };
+    crate::pickle_guard::check(&bytes).map_err(|e| ClipError::file(path, e))?;
+    let obj = contained(|| {
         let mut stack = Stack::empty();
-        stack.read_loop(&mut reader).map_err(|e| {
-            ClipError::file(
-                path,
-                format!("cannot parse data.pkl: {}", crate::weights::first_line(&e)),
-            )
-        })?;
+        stack
+            .read_loop(&mut std::io::Cursor::new(&bytes))
+            .map_err(|e| format!("cannot parse data.pkl: {}", crate::weights::first_line(&e)))?;
         stack
             .finalize()
-            .map_err(|e| ClipError::file(path, crate::weights::first_line(&e)))?
-    };
-    let mut infos = Vec::new();
-    walk(obj, "", &dir, &mut infos);
+            .map_err(|e| crate::weights::first_line(&e).to_string())
+    })
+    .map_err(|p| ClipError::file(path, format!("cannot parse data.pkl ({p})")))?
+    .map_err(|e| ClipError::file(path, e))?;
+    let infos = walk(obj, &dir).map_err(|e| ClipError::file(path, e))?;
+    if infos.is_empty() {
+        return Err(ClipError::file(path, "no tensors in this archive"));
+    }
     infos
         .iter()
         .map(|i| Ok((i.name.clone(), load_info(path, i)?)))

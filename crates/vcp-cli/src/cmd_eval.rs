@@ -49,6 +49,18 @@ pub fn run(a: Args) -> Result<()> {
     } else if model.parameter_count() > 0 && !model.cfg.temperature.learnable {
         eprintln!("warning: no --checkpoint: evaluating freshly initialised trainable parameters");
     }
+    // Outputs are checked before the evaluation, not after it.
+    let out = a.out.clone().unwrap_or_else(|| match &a.checkpoint {
+        Some(c) => c
+            .parent()
+            .map(|p| p.join("eval"))
+            .unwrap_or_else(|| PathBuf::from("eval")),
+        None => PathBuf::from("results/eval"),
+    });
+    vcp_data::io::prepare_out_dir(&out, &["metrics.json", "metrics.csv", "metrics.md"])?;
+    if let Some(m) = &a.save_maps {
+        vcp_data::io::prepare_out_dir(m, &[])?;
+    }
     let ec = exp.eval.clone();
     let spec = a
         .data
@@ -72,13 +84,6 @@ pub fn run(a: Args) -> Result<()> {
     let ev = vcp_runner::eval::evaluate(&model, &meta, &root, &eo, &dev, &pb)?;
     let (rows, notes) = (ev.rows, ev.notes);
     pb.finish_and_clear();
-    let out = a.out.clone().unwrap_or_else(|| match &a.checkpoint {
-        Some(c) => c
-            .parent()
-            .map(|p| p.join("eval"))
-            .unwrap_or_else(|| PathBuf::from("eval")),
-        None => PathBuf::from("results/eval"),
-    });
     let md = crate::cmd_eval_maps::write_outputs(
         &out,
         &rows,

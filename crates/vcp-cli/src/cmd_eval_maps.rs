@@ -103,7 +103,7 @@ fn load_record(
     let m = if r.mask_path.is_empty() {
         vec![false; a.height * a.width]
     } else {
-        let mp = root.join(&r.mask_path);
+        let mp = vcp_data::meta::resolve(root, &r.mask_path)?;
         // VisA ships index masks (1, 2, ...): anomalous wherever > 0.
         let (grey, _, _) = mask::load_grey(&mp)?;
         let index = grey.iter().any(|&v| v > 0) && grey.iter().all(|&v| v < 128);
@@ -236,6 +236,10 @@ pub fn write_outputs(
 
 pub fn run(a: Args) -> Result<()> {
     let meta = Meta::load(&a.meta)?;
+    let out = a.out.clone().unwrap_or_else(|| a.maps.clone());
+    if a.out.is_some() {
+        vcp_data::io::prepare_out_dir(&out, &["metrics.json", "metrics.csv", "metrics.md"])?;
+    }
     let root = a
         .root
         .clone()
@@ -317,7 +321,6 @@ pub fn run(a: Args) -> Result<()> {
             skipped.join("; ")
         ));
     }
-    let out = a.out.clone().unwrap_or_else(|| a.maps.clone());
     let md = write_outputs(&out, &rows, &notes, &image_score)?;
     outln!("{md}");
     outln!(

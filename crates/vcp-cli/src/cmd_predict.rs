@@ -115,6 +115,22 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     if v.is_empty() {
         bail!("{}: no images (png, jpg, bmp, tif)", dir.display());
     }
+    // Outputs are named by the file stem: `a.png` and `a.PNG` (or `a.jpg`) would write the same
+    // `a.npy`, one silently replacing the other.
+    let mut seen: std::collections::HashMap<String, &PathBuf> = Default::default();
+    for p in &v {
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if let Some(first) = seen.insert(stem.clone(), p) {
+            bail!(
+                "{} and {} would both write {stem}.npy; rename one of them",
+                first.display(),
+                p.display()
+            );
+        }
+    }
     Ok(v)
 }
 
@@ -158,6 +174,8 @@ pub fn overlay_png(
 }
 
 pub fn run(a: Args) -> Result<()> {
+    // The output folder is checked before anything is loaded or computed.
+    vcp_data::io::prepare_out_dir(&a.out, &["scores.json"])?;
     let mut exp = experiment(&a)?;
     if let Some(c) = &a.clip {
         exp.backbone.weights = c.clone();
@@ -232,7 +250,6 @@ pub fn run(a: Args) -> Result<()> {
         let names = ref_paths.iter().map(|p| p.display().to_string()).collect();
         Some(model.references(&vcp_model::Features::cat(&feats)?, names)?)
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let pb = crate::cmd_eval::bar(images.len() as u64, "images");
     let mut scores = BTreeMap::new();
     for (p, rgb) in &decoded {

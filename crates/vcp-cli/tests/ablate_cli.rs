@@ -219,7 +219,24 @@ set = { "head" = { kind = "decoder", queries = 4, layers = 1, heads = 2, dim = 1
         let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(d.join("record.json")).unwrap()).unwrap();
         assert_eq!(r["dtype"], "bf16");
-        assert!(r["metrics"]["mean"]["auroc_px"].as_f64().unwrap() > 0.0);
+        // The mean is the unweighted mean of the categories, and per_category.csv holds the
+        // same numbers (x100).
+        let cats = r["metrics"]["categories"].as_object().unwrap();
+        let vals: Vec<f64> = cats
+            .values()
+            .map(|c| c["auroc_px"].as_f64().unwrap())
+            .collect();
+        let mean = r["metrics"]["mean"]["auroc_px"].as_f64().unwrap();
+        assert!((mean - vals.iter().sum::<f64>() / vals.len() as f64).abs() < 1e-12);
+        let csv = std::fs::read_to_string(d.join("per_category.csv")).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let col = header.iter().position(|h| *h == "auroc_px").unwrap();
+        for line in csv.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            let want = cats[f[0]]["auroc_px"].as_f64().unwrap() * 100.0;
+            let got: f64 = f[col].parse().unwrap();
+            assert!((got - want).abs() < 1e-9, "{line}");
+        }
         let name = d.file_name().unwrap().to_string_lossy().to_string();
         if name.starts_with("fewshot") {
             let refs = r["fewshot_references"].as_object().unwrap();

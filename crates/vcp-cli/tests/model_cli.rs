@@ -136,8 +136,42 @@ fn training_reduces_loss_then_eval_and_resume() {
         5,
         "five beta categories"
     );
-    assert!(m["mean"]["auroc_px"].as_f64().unwrap() > 0.0);
     assert!(dir.path().join("maps/grid/test/good/000.npy").exists());
+    // The saved maps scored by `vcp eval-maps` (another code path: maps read back from .npy)
+    // give the same pixel AUROC and AP per category (both invariant to the per-category
+    // normalisation), and the mean is the mean of the categories.
+    let synth = std::fs::read_dir(dir.path().join("cache/synth"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("meta_beta.json").exists())
+        .unwrap();
+    let ev2 = dir.path().join("eval_maps");
+    ok(vcp()
+        .args(["eval-maps", "--meta"])
+        .arg(synth.join("meta_beta.json"))
+        .arg("--root")
+        .arg(&synth)
+        .arg("--maps")
+        .arg(dir.path().join("maps"))
+        .arg("--out")
+        .arg(&ev2));
+    let m2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev2.join("metrics.json")).unwrap()).unwrap();
+    let cats = m["categories"].as_object().unwrap();
+    let mut sum = 0.0;
+    for (c, v) in cats {
+        for k in ["auroc_px", "ap_px"] {
+            let (a, b) = (
+                v[k].as_f64().unwrap(),
+                m2["categories"][c][k].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-6, "{c} {k}: eval {a} vs eval-maps {b}");
+        }
+        sum += v["auroc_px"].as_f64().unwrap();
+    }
+    let mean = m["mean"]["auroc_px"].as_f64().unwrap();
+    assert!((mean - sum / cats.len() as f64).abs() < 1e-12);
+    assert!((0.0..=1.0).contains(&mean));
 }
 
 /// `vcp predict` of the official checkpoint on the fixture's CLIP and image (the fixture's setting:

@@ -55,13 +55,13 @@ pub struct Sample {
 
 /// Load and preprocess one record. A mask whose size differs from its image is an error.
 pub fn load_sample(root: &Path, rec: &Record, size: usize) -> Result<Sample> {
-    let ip = root.join(&rec.img_path);
+    let ip = crate::meta::resolve(root, &rec.img_path)?;
     let (rgb, w, h) = load_rgb(&ip)?;
     let rgb = resize_u8_pil(&rgb, 3, (h, w), (size, size), Filter::Bicubic);
     let mask = if rec.mask_path.is_empty() {
         vec![0f32; size * size]
     } else {
-        let mp = root.join(&rec.mask_path);
+        let mp = crate::meta::resolve(root, &rec.mask_path)?;
         let (grey, mw, mh) = load_grey(&mp)?;
         if (mw, mh) != (w, h) {
             return Err(DataError::file(

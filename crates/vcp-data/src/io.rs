@@ -85,6 +85,31 @@ pub fn encode_png(data: &[u8], w: u32, h: u32, color: image::ExtendedColorType) 
     Ok(out)
 }
 
+/// Check an output folder before any long work: it is (or can be created as) a writable folder,
+/// and none of the `files` it will receive exists as anything but a regular file. Creates the
+/// folder.
+pub fn prepare_out_dir(dir: &Path, files: &[&str]) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.file_type().is_symlink() && dir.is_dir() => {}
+        Ok(_) => {
+            return Err(DataError::file(
+                dir,
+                "exists and is not a folder; choose another output folder",
+            ))
+        }
+        Err(_) => std::fs::create_dir_all(dir).map_err(|e| DataError::file(dir, e))?,
+    }
+    tempfile::Builder::new()
+        .prefix(".vcp-write-test-")
+        .tempfile_in(dir)
+        .map_err(|e| DataError::file(dir, format!("not writable ({e})")))?;
+    for f in files {
+        check_target(&dir.join(f))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +174,29 @@ mod tests {
         assert!(!seen.exists());
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    /// An output folder is checked before the work: a file in its place, a folder that cannot
+    /// be written, or a non-regular output file inside are errors naming the path.
+    #[test]
+    fn output_folders_are_checked_first() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        let e = prepare_out_dir(&f, &[]).unwrap_err().to_string();
+        assert!(e.contains("not a folder"), "{e}");
+        let out = d.path().join("new/out");
+        prepare_out_dir(&out, &["metrics.json"]).unwrap();
+        assert!(out.is_dir());
+        std::fs::create_dir(out.join("metrics.json")).unwrap();
+        let e = prepare_out_dir(&out, &["metrics.json"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.json") && e.contains("folder"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(&out).unwrap().count(),
+            1,
+            "no probe left behind"
+        );
     }
 }

@@ -168,9 +168,49 @@ fn is_inside(p: &str) -> bool {
 }
 
 impl Meta {
+    /// Read and check a meta file; label/mask disagreements are printed as warnings (see
+    /// [`Meta::label_warnings`]).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| DataError::file(path, e))?;
-        Self::parse(&text, path)
+        let m = Self::parse(&text, path)?;
+        for w in m.label_warnings() {
+            eprintln!("warning: {}: {w}", path.display());
+        }
+        Ok(m)
+    }
+
+    /// Test records whose label and mask disagree, counted: anomalous without a mask (its
+    /// pixels all count as normal in the pixel metrics) and normal with a mask (the mask is
+    /// used as given).
+    pub fn label_warnings(&self) -> Vec<String> {
+        let mut no_mask = Vec::new();
+        let mut with_mask = Vec::new();
+        for (_, recs) in &self.test.0 {
+            for r in recs {
+                if r.anomaly == 1 && r.mask_path.is_empty() {
+                    no_mask.push(r.img_path.as_str());
+                }
+                if r.anomaly == 0 && !r.mask_path.is_empty() {
+                    with_mask.push(r.img_path.as_str());
+                }
+            }
+        }
+        let mut w = Vec::new();
+        if !no_mask.is_empty() {
+            w.push(format!(
+                "{} anomalous test image(s) have no mask, so all their pixels count as normal (first: {})",
+                no_mask.len(),
+                no_mask[0]
+            ));
+        }
+        if !with_mask.is_empty() {
+            w.push(format!(
+                "{} normal test image(s) (anomaly 0) have a mask, which is used as given (first: {})",
+                with_mask.len(),
+                with_mask[0]
+            ));
+        }
+        w
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
@@ -251,9 +291,25 @@ impl Meta {
     }
 }
 
-/// Resolve a record path against the dataset root.
-pub fn resolve(root: &Path, rel: &str) -> PathBuf {
-    root.join(rel)
+/// Resolve a record path against the dataset root. Paths with `..` were refused when the file
+/// was read; here a symbolic link inside the root that leads outside it is refused too.
+pub fn resolve(root: &Path, rel: &str) -> Result<PathBuf> {
+    let p = root.join(rel);
+    let (Ok(real), Ok(real_root)) = (p.canonicalize(), root.canonicalize()) else {
+        // Missing: the reader's error names the file.
+        return Ok(p);
+    };
+    if !real.starts_with(&real_root) {
+        return Err(DataError::file(
+            &p,
+            format!(
+                "leads outside the dataset root {} (to {}, through a symbolic link)",
+                real_root.display(),
+                real.display()
+            ),
+        ));
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -328,5 +384,48 @@ mod tests {
         let p = dir.path().join("meta.json");
         m.save(&p).unwrap();
         assert_eq!(Meta::load(&p).unwrap(), m);
+    }
+
+    #[test]
+    fn label_mask_disagreements_are_counted() {
+        let text = r#"{"test": {"c": [
+            {"img_path": "a.png", "mask_path": "", "cls_name": "c", "specie_name": "x", "anomaly": 1},
+            {"img_path": "b.png", "mask_path": "", "cls_name": "c", "specie_name": "x", "anomaly": 1},
+            {"img_path": "d.png", "mask_path": "d_mask.png", "cls_name": "c", "specie_name": "good", "anomaly": 0},
+            {"img_path": "e.png", "mask_path": "", "cls_name": "c", "specie_name": "good", "anomaly": 0}]}}"#;
+        let m = Meta::parse(text, Path::new("m.json")).unwrap();
+        let w = m.label_warnings();
+        assert_eq!(w.len(), 2);
+        assert!(
+            w[0].starts_with("2 anomalous") && w[0].contains("a.png"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].starts_with("1 normal") && w[1].contains("d.png"),
+            "{}",
+            w[1]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_out_of_the_root_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (root, outside) = (d.path().join("root"), d.path().join("outside"));
+        std::fs::create_dir_all(root.join("cls")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.png"), b"x").unwrap();
+        std::fs::write(root.join("cls/ok.png"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("cls/link")).unwrap();
+        assert!(resolve(&root, "cls/ok.png").is_ok());
+        assert!(resolve(&root, "cls/missing.png").is_ok());
+        let e = resolve(&root, "cls/link/secret.png")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outside the dataset root") && e.contains("link"),
+            "{e}"
+        );
     }
 }

@@ -108,15 +108,31 @@ fn presets_build_and_give_maps() {
         let maps = m.image_maps(&lg, 64).unwrap();
         assert_eq!(maps.len(), 2);
         assert!(maps[0].raw.iter().all(|v| v.is_finite() && *v >= 0.0));
-        // Gradients reach every trainable tensor of every preset.
-        let gt = Tensor::zeros((2, 64, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        // Gradients reach every trainable tensor of every preset, and are not all zero.
+        let mut gt = vec![0f32; 2 * 64 * 64];
+        for y in 16..40 {
+            for x in 24..48 {
+                gt[64 * 64 + y * 64 + x] = 1.0;
+            }
+        }
+        let gt = Tensor::from_vec(gt, (2, 64, 64), &Device::Cpu).unwrap();
         let lg = m.logits(&f, "screw", true, false).unwrap();
         let (loss, _) = m.loss(&lg, &gt).unwrap();
         let grads = loss.backward().unwrap();
         for (n, v) in m.params.vars() {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient for {n}"));
+            let s = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(
-                grads.get(v.as_tensor()).is_some(),
-                "{name}: no gradient for {n}"
+                s > 0.0 && s.is_finite(),
+                "{name}: gradient of {n} sums to {s}"
             );
         }
     }

@@ -38,9 +38,16 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-/// `softmax(v v^T / sqrt(hd)) v` per head, then the output projection, from the raw weights.
+/// Value-value (AnomalyCLIP / Surgery) `softmax(v v^T / sqrt(hd)) v` and query-query (ClearCLIP)
+/// `softmax(q q^T / sqrt(hd)) v` per head, then the output projection, from the raw weights.
 #[test]
-fn value_value_attention_by_hand() {
+fn value_value_and_query_query_attention_by_hand() {
+    for (scores, proj) in [(Scores::ValueValue, "v_proj"), (Scores::QueryQuery, "q_proj")] {
+        same_token_attention_by_hand(scores, proj);
+    }
+}
+
+fn same_token_attention_by_hand(scores: Scores, proj: &str) {
     let (w, _) = tiny();
     let c = clip(&w, DensePath::None, DType::F32);
     let dev = Device::Cpu;
@@ -51,7 +58,7 @@ fn value_value_attention_by_hand() {
     let got = c
         .vision
         .block(3)
-        .attention_only(&x, None, Kernels::Fused, Scores::ValueValue)
+        .attention_only(&x, None, Kernels::Fused, scores)
         .unwrap();
     let p = "vision_model.encoder.layers.3";
     let g = |k: &str| to_vec(w.get(&format!("{p}.{k}")).unwrap());
@@ -85,13 +92,20 @@ fn value_value_attention_by_hand() {
         &h,
         width,
     );
+    // The tokens compared with each other: values (value-value) or queries (query-query).
+    let a = linear(
+        &g(&format!("self_attn.{proj}.weight")),
+        &g(&format!("self_attn.{proj}.bias")),
+        &h,
+        width,
+    );
     let mut o = vec![0f64; n * width];
     for hh in 0..heads {
-        for a in 0..n {
+        for t0 in 0..n {
             let s: Vec<f64> = (0..n)
                 .map(|bb| {
                     (0..hd)
-                        .map(|d| v[a * width + hh * hd + d] * v[bb * width + hh * hd + d])
+                        .map(|d| a[t0 * width + hh * hd + d] * a[bb * width + hh * hd + d])
                         .sum::<f64>()
                         / (hd as f64).sqrt()
                 })
@@ -100,7 +114,7 @@ fn value_value_attention_by_hand() {
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..hd {
-                o[a * width + hh * hd + d] = (0..n)
+                o[t0 * width + hh * hd + d] = (0..n)
                     .map(|bb| e[bb] / z * v[bb * width + hh * hd + d])
                     .sum();
             }
@@ -116,9 +130,9 @@ fn value_value_attention_by_hand() {
     let err = got
         .iter()
         .zip(&want)
-        .map(|(a, b)| (a - b).abs())
+        .map(|(x, y)| (x - y).abs())
         .fold(0f64, f64::max);
-    println!("value-value attention vs hand computation: max abs err {err:.2e}");
+    println!("{scores:?} attention vs hand computation: max abs err {err:.2e}");
     assert!(err < 1e-4, "{err}");
 }
 

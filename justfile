@@ -54,7 +54,7 @@ bench-clip-cpu:
 
 # Python environment for regenerating fixtures and running the reference benchmarks (~5 GB, ~8 min).
 pyenv:
-    python3 -m venv .venv-ref && .venv-ref/bin/pip install torch==2.11.0 "torchvision==0.26.*" transformers open_clip_torch safetensors numpy scikit-learn scikit-image scipy pillow ftfy
+    python3 -m venv .venv-ref && .venv-ref/bin/pip install torch==2.11.0 "torchvision==0.26.*" transformers==5.24.0 open_clip_torch==3.3.0 safetensors numpy scikit-learn scikit-image scipy pillow ftfy
 
 # Regenerate committed fixtures from the Python references.
 fixtures:

@@ -42,7 +42,10 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 /// `softmax(q q^T / sqrt(hd)) v` per head, then the output projection, from the raw weights.
 #[test]
 fn value_value_and_query_query_attention_by_hand() {
-    for (scores, proj) in [(Scores::ValueValue, "v_proj"), (Scores::QueryQuery, "q_proj")] {
+    for (scores, proj) in [
+        (Scores::ValueValue, "v_proj"),
+        (Scores::QueryQuery, "q_proj"),
+    ] {
         same_token_attention_by_hand(scores, proj);
     }
 }

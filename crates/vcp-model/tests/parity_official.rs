@@ -206,7 +206,12 @@ fn train_step_matches_official() {
     }
     assert_eq!(checked, 27);
 
-    // One step of the reference optimiser: Adam(betas 0.5, 0.999), lr 4e-5 / 0.01 for temperatures.
+    // One step of the reference optimiser: Adam(betas 0.5, 0.999), lr 4e-5 / 0.01 for temperatures,
+    // from the official gradients to the official parameters after the step. A first Adam step
+    // is lr * sign(g) whatever the betas: the optimiser itself (betas, bias correction, groups)
+    // is checked over three steps against PyTorch in vcp-runner's `tests/optimiser.rs` (errors
+    // 0 to 3e-11). Here, end to end, elements whose gradient is near fp32 noise may step the
+    // other way (up to 2 lr); the largest error allowed is 25 % of the step.
     let (main, temps) = m.trainable_groups();
     let adam = |vars: Vec<candle_core::Var>, lr: f64| {
         candle_nn::AdamW::new(
@@ -229,10 +234,15 @@ fn train_step_matches_official() {
         let (our, _) = official_to_ours(official_name).unwrap();
         // Adam's first step is lr * sign(g): for the mathematically-zero gradients that sign is
         // fp32 noise, so those parameters may move by up to 2 lr in either implementation.
-        let tol = if want.as_f64().unwrap() < 1e-6 {
-            2.0 * 4e-5 + 1e-6
+        let lr = if our.starts_with("temperature.") {
+            0.01
         } else {
-            1e-5
+            4e-5
+        };
+        let tol = if want.as_f64().unwrap() < 1e-6 {
+            2.0 * lr + 1e-6
+        } else {
+            0.25 * lr
         };
         let after = &ts[&format!("after_adam_step.{official_name}")];
         let got = ours[&our].as_tensor();

@@ -5,7 +5,6 @@ use crate::cache::FeatureCache;
 use crate::config::TrainConfig;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
-use candle_nn::Optimizer;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use vcp_data::{Meta, Record};
@@ -134,6 +133,39 @@ pub struct TrainOptions<'a> {
     pub progress: Option<&'a indicatif::MultiProgress>,
 }
 
+/// The reference's optimiser (`train.py`): Adam with two parameter groups, the temperatures at
+/// their own learning rate; betas from the config, eps 1e-8, no weight decay (candle's AdamW
+/// with weight decay 0 is Adam).
+pub struct Optimiser {
+    main: candle_nn::AdamW,
+    temperatures: candle_nn::AdamW,
+}
+
+impl Optimiser {
+    pub fn new(main: &[(String, Var)], temps: &[(String, Var)], tc: &TrainConfig) -> Result<Self> {
+        use candle_nn::Optimizer;
+        let p = |lr: f64| candle_nn::ParamsAdamW {
+            lr,
+            beta1: tc.betas[0],
+            beta2: tc.betas[1],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let vars = |g: &[(String, Var)]| g.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        Ok(Self {
+            main: candle_nn::AdamW::new(vars(main), p(tc.lr))?,
+            temperatures: candle_nn::AdamW::new(vars(temps), p(tc.lr_temperature))?,
+        })
+    }
+
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        use candle_nn::Optimizer;
+        self.main.step(grads)?;
+        self.temperatures.step(grads)?;
+        Ok(())
+    }
+}
+
 /// Groups of a batch's images per backward pass: per category when the text depends on the
 /// category name (one text per group), else the whole batch.
 fn loss_groups(classes: &[String], per_class_text: bool) -> Vec<(String, Vec<usize>)> {
@@ -237,19 +269,7 @@ pub fn train(
     }
     let (main, temps) = model.trainable_groups();
     let all_vars: Vec<(String, Var)> = main.iter().chain(temps.iter()).cloned().collect();
-    let p = |lr: f64| candle_nn::ParamsAdamW {
-        lr,
-        beta1: tc.betas[0],
-        beta2: tc.betas[1],
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
-    let mut opt_main =
-        candle_nn::AdamW::new(main.iter().map(|(_, v)| v.clone()).collect(), p(tc.lr))?;
-    let mut opt_temp = candle_nn::AdamW::new(
-        temps.iter().map(|(_, v)| v.clone()).collect(),
-        p(tc.lr_temperature),
-    )?;
+    let mut opt = Optimiser::new(&main, &temps, tc)?;
     let per_class_text = model.text_depends_on_class();
     let mut records: Vec<Record> = meta.test.0.iter().flat_map(|(_, r)| r.clone()).collect();
     let size = model.cfg.backbone.image_size;
@@ -313,8 +333,7 @@ pub fn train(
                         "{e} at epoch {epoch}, step {step}; no checkpoint was written for this epoch"
                     )
                 })?;
-            opt_main.step(&grads)?;
-            opt_temp.step(&grads)?;
+            opt.step(&grads)?;
             sum += v as f64;
             steps += 1;
             pb.inc(n as u64);

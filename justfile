@@ -68,3 +68,7 @@ build-cuda:
 # The GPU benchmark (on a GPU machine, with the binary from build-cuda): writes results/bench/gpu.md.
 bench-gpu:
     bash tools/bench_gpu.sh
+
+# The property tests of every parser of user files, longer (20 000 mutated files per parser).
+fuzz cases="20000":
+    VCP_FUZZ_CASES={{cases}} cargo test --release -p vcp-runner --test fuzz_inputs -- --nocapture

@@ -244,6 +244,39 @@ fn print_status(runs: &[&RunSpec], results: &Path) {
     );
 }
 
+/// Every backbone weight file the selected runs need exists, or one error (before any run
+/// starts) that says where to get it and where to put it.
+fn check_weights(runs: &[&RunSpec]) -> Result<()> {
+    let mut missing: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.config.backbone.weights.as_str(),
+                r.config.backbone.preset.as_str(),
+            )
+        })
+        .filter(|(w, _)| !w.is_empty() && !Path::new(w).exists())
+        .collect();
+    missing.sort();
+    missing.dedup();
+    if let Some((w, preset)) = missing.first() {
+        let hint = match *preset {
+            "vit_l_14_336" => " (OpenAI's ViT-L-14-336px.pt: from https://openaipublic.azureedge.net/clip/models/ — see OpenAI CLIP's clip/clip.py for the URL; or `vcp weights fetch openai/clip-vit-large-patch14-336` for the Hugging Face copy, then set backbone.weights to the folder it prints)",
+            "vit_b_16" => " (`vcp weights fetch openai/clip-vit-base-patch16`, then set backbone.weights to the folder it prints)",
+            _ => " (`vcp weights fetch <owner/name>` downloads a Hugging Face CLIP; set backbone.weights to the folder it prints)",
+        };
+        bail!(
+            "backbone.weights `{w}` does not exist{}: put the weights there{hint}, or pass --set backbone.weights=PATH; no run was started",
+            if missing.len() > 1 {
+                format!(" (nor {} other weight files)", missing.len() - 1)
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
 fn needs_work(r: &RunSpec, results: &Path) -> bool {
     matches!(
         vcp_runner::runner::run_state(&r.dir(results)),
@@ -289,6 +322,9 @@ pub fn run(a: Args) -> Result<()> {
                 String::new()
             }
         );
+    }
+    if !(a.slurm && a.dry_run) {
+        check_weights(&runs)?;
     }
     let exe = std::env::current_exe().context("the path of this vcp binary")?;
     if a.slurm {

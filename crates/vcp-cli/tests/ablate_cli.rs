@@ -381,3 +381,30 @@ fn sigint_stops_cleanly_and_a_rerun_completes() {
         "{out}"
     );
 }
+
+/// An ablation whose weights are missing says where to get them and where to put them before
+/// any run starts (nothing is written).
+#[test]
+fn missing_weights_are_reported_before_any_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    let out = vcp(&dir.path().join("cache"))
+        .current_dir(dir.path())
+        .arg("ablate")
+        .arg(root().join("experiments/paper_visa_to_mvtec.toml"))
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    let err: Vec<&str> = e.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(err.len(), 1, "{e}");
+    assert!(
+        err[0].contains("weights/ViT-L-14-336px.pt")
+            && err[0].contains("vcp weights fetch")
+            && err[0].contains("no run was started"),
+        "{e}"
+    );
+    assert!(!results.exists(), "nothing written");
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate every committed result table on this machine from a clean, committed tree:
 # the default ablation, the zero-shot table of the pretrained CLIP and the new-component
-# experiments (3 seeds each). Prints each experiment's wall time. ~30-40 min on 2 cores.
+# experiments (3 seeds each). Prints each experiment's wall time. ~10 min on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
@@ -9,8 +9,11 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
     exit 1
 fi
 cargo build --release -p vcp-cli
+# From nothing: no earlier run records or cached features (each table is then compared with the
+# committed one by `vcp ablate` itself).
+rm -rf results/*/runs results/*/feature_cache results/*/workers
 for exp in "" experiments/zero_shot.toml experiments/ablate_heads.toml experiments/fewshot.toml \
-           experiments/backbones.toml experiments/state_words.toml; do
+           experiments/backbones.toml experiments/state_words.toml experiments/ablate_refiners.toml; do
     t0=$(date +%s)
     ./target/release/vcp ablate $exp | tail -4
     echo "== ${exp:-default ablation}: $(( $(date +%s) - t0 )) s"

@@ -133,13 +133,7 @@ fn shared_args(a: &Args, file: &Path, results: &Path) -> Vec<String> {
     let mut v = vec![file.display().to_string()];
     v.extend(["--results".into(), results.display().to_string()]);
     if let Some(s) = &a.seeds {
-        v.push(format!(
-            "--seeds={}",
-            s.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
+        v.push(seeds_arg(s));
     }
     for s in &a.sets {
         v.extend(["--set".into(), s.clone()]);
@@ -163,6 +157,12 @@ fn shared_args(a: &Args, file: &Path, results: &Path) -> Vec<String> {
         ]);
     }
     v
+}
+
+/// `--seeds=0,1,2`.
+fn seeds_arg(s: &[u64]) -> String {
+    let list: Vec<String> = s.iter().map(|x| x.to_string()).collect();
+    format!("--seeds={}", list.join(","))
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -346,13 +346,7 @@ pub fn run(a: Args) -> Result<()> {
             ab.device.clone(),
         ];
         if let Some(s) = &a.seeds {
-            report_args.push(format!(
-                "--seeds={}",
-                s.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ));
+            report_args.push(seeds_arg(s));
         }
         for s in &set_args {
             report_args.extend(["--set".into(), s.clone()]);

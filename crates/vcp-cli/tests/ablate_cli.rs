@@ -5,54 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn vcp(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vcp"));
-    c.env("VCP_CACHE", cache);
-    c
-}
-
-fn ok(cmd: &mut Command) -> (String, String) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+mod common;
+use common::*;
 
 fn mini(dir: &Path) -> PathBuf {
-    let base = std::fs::read_to_string(root().join("experiments/vcp_clip_tiny.toml"))
-        .unwrap()
-        .replace("image_size = 224", "image_size = 64")
-        .replace("epochs = 2", "epochs = 1")
-        .replace("per_category = 12", "per_category = 2")
-        .replace("size = 128", "size = 48")
-        .replace("dropout = 0.1", "dropout = 0.0")
-        .replace("augment = true", "augment = false");
-    std::fs::write(dir.join("base.toml"), base).unwrap();
-    let ab = r#"
-name = "mini"
-base = "base.toml"
-seeds = [0, 1]
-baseline = "utp"
-[[variant]]
-name = "utp"
-set = { "deep_prompt" = { kind = "none" }, "category" = { kind = "static", tokens = 2 }, "refiner" = { kind = "identity" }, "fusion.raw_weight" = 1.0 }
-[[variant]]
-name = "vcp_clip"
-set = {}
-[[reference]]
-name = "a published number"
-auroc_px = 0.9
-"#;
+    write_small_base(dir);
+    let ab = format!(
+        "name = \"mini\"\nbase = \"base.toml\"\nseeds = [0, 1]\nbaseline = \"utp\"\n{UTP_AND_VCP_CLIP}[[reference]]\nname = \"a published number\"\nauroc_px = 0.9\n"
+    );
     std::fs::write(dir.join("mini.toml"), ab).unwrap();
     dir.join("mini.toml")
 }

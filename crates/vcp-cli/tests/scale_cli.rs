@@ -5,62 +5,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn vcp(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vcp"));
-    c.env("VCP_CACHE", cache);
-    c
-}
-
-fn ok(out: Output) -> (String, String) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+mod common;
+use common::*;
 
 /// A 6-run ablation (3 variants x 2 seeds) of the tiny model on a few synthetic images.
 fn mini(dir: &Path) -> PathBuf {
-    let base = std::fs::read_to_string(root().join("experiments/vcp_clip_tiny.toml"))
-        .unwrap()
-        .replace("image_size = 128", "image_size = 64")
-        .replace("epochs = 2", "epochs = 1")
-        .replace("per_category = 12", "per_category = 2")
-        .replace("size = 128", "size = 48")
-        .replace("dropout = 0.1", "dropout = 0.0")
-        .replace("augment = true", "augment = false");
-    std::fs::write(dir.join("base.toml"), base).unwrap();
-    let ab = r#"
-name = "mini_scale"
-base = "base.toml"
-seeds = [0, 1]
-[[variant]]
-name = "utp"
-set = { "deep_prompt" = { kind = "none" }, "category" = { kind = "static", tokens = 2 }, "refiner" = { kind = "identity" }, "fusion.raw_weight" = 1.0 }
-[[variant]]
-name = "vcp_clip"
-set = {}
-[[variant]]
-name = "april_gan"
-preset = "april_gan"
-"#;
+    write_small_base(dir);
+    let ab = format!(
+        "name = \"mini_scale\"\nbase = \"base.toml\"\nseeds = [0, 1]\n{UTP_AND_VCP_CLIP}[[variant]]\nname = \"april_gan\"\npreset = \"april_gan\"\n"
+    );
     std::fs::write(dir.join("mini.toml"), ab).unwrap();
     dir.join("mini.toml")
-}
-
-/// Exactly one line of the error output is the error.
-fn one_error(stderr: &str) -> bool {
-    stderr.lines().filter(|l| l.starts_with("error")).count() == 1
 }
 
 /// `ran <hash> ...` lines a worker printed.
@@ -104,8 +61,8 @@ fn two_processes_share_an_experiment_without_running_a_run_twice() {
     };
     let (p1, p2) = (spawn(), spawn());
     let (pid1, pid2) = (p1.id() as u64, p2.id() as u64);
-    let (o1, _) = ok(p1.wait_with_output().unwrap());
-    let (o2, _) = ok(p2.wait_with_output().unwrap());
+    let (o1, _) = ok_output(p1.wait_with_output().unwrap());
+    let (o2, _) = ok_output(p2.wait_with_output().unwrap());
     let (r1, r2) = (ran(&o1), ran(&o2));
     let mut all: Vec<String> = r1.iter().chain(&r2).cloned().collect();
     let n = all.len();
@@ -127,9 +84,7 @@ fn two_processes_share_an_experiment_without_running_a_run_twice() {
         .arg(&file)
         .arg("--results")
         .arg(&results)
-        .arg("--status")
-        .output()
-        .unwrap());
+        .arg("--status"));
     assert!(
         st.contains("6 runs: 6 done, 0 running, 0 failed, 0 pending"),
         "{st}"
@@ -152,10 +107,7 @@ fn locks_stale_and_foreign_shards_and_workers() {
     // Shards: disjoint and complete.
     let mut seen = Vec::new();
     for i in 0..3 {
-        let (out, _) = ok(ablate()
-            .args(["--shard", &format!("{i}/3"), "--worker"])
-            .output()
-            .unwrap());
+        let (out, _) = ok(ablate().args(["--shard", &format!("{i}/3"), "--worker"]));
         seen.extend(ran(&out));
     }
     let n = seen.len();
@@ -165,7 +117,7 @@ fn locks_stale_and_foreign_shards_and_workers() {
     assert_eq!(seen.len(), 6);
     let recs = records(&results);
     let table_one_process = {
-        let (out, _) = ok(ablate().arg("--no-feature-cache").output().unwrap());
+        let (out, _) = ok(ablate().arg("--no-feature-cache"));
         assert!(out.contains("0 runs done, 6 already finished"), "{out}");
         std::fs::read_to_string(results.join("mini_scale/table.csv")).unwrap()
     };
@@ -204,13 +156,13 @@ fn locks_stale_and_foreign_shards_and_workers() {
         )
         .unwrap();
     }
-    let (st, _) = ok(ablate().arg("--status").output().unwrap());
+    let (st, _) = ok(ablate().arg("--status"));
     assert!(
         st.contains("4 done, 1 running, 0 failed, 1 pending"),
         "{st}"
     );
     assert!(st.contains("by node-b:4242"), "{st}");
-    let (out, err) = ok(ablate().output().unwrap());
+    let (out, err) = ok(&mut ablate());
     assert!(err.contains("took over the stale lock"), "{err}");
     assert!(
         out.contains("1 runs done, 4 already finished, 1 running in other processes"),
@@ -225,7 +177,7 @@ fn locks_stale_and_foreign_shards_and_workers() {
     // The other host's run finishes (its lock goes away): --workers 2 completes the
     // experiment, and the table equals the one-process table number for number.
     std::fs::remove_file(dir_of(&h_remote).join("lock.json")).unwrap();
-    let (out, _) = ok(ablate().args(["--workers", "2"]).output().unwrap());
+    let (out, _) = ok(ablate().args(["--workers", "2"]));
     assert!(out.contains("Table:"), "{out}");
     let logs: Vec<_> = std::fs::read_dir(results.join("mini_scale/workers"))
         .unwrap()
@@ -267,9 +219,7 @@ fn slurm_without_a_cluster_dry_run_and_bad_input() {
             "2",
             "--sbatch-arg=--mem=8G",
             "--dry-run",
-        ])
-        .output()
-        .unwrap());
+        ]));
     assert!(out.contains("#SBATCH --array=0-5%2"), "{out}");
     assert!(out.contains("#SBATCH --partition=gpu") && out.contains("#SBATCH --gres=gpu:1"));
     assert!(out.contains("#SBATCH --time=01:00:00") && out.contains("#SBATCH --mem=8G"));

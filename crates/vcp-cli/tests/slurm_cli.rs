@@ -8,51 +8,24 @@
 //! complete; after the fix, resubmitting runs only that run; a bad sbatch option submits nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn vcp(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vcp"));
-    c.env("VCP_CACHE", cache);
-    c
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+mod common;
+use common::*;
 
 fn write_files(dir: &Path) {
-    let base = std::fs::read_to_string(root().join("experiments/vcp_clip_tiny.toml"))
-        .unwrap()
-        .replace("image_size = 128", "image_size = 64")
-        .replace("epochs = 2", "epochs = 1")
-        .replace("per_category = 12", "per_category = 2")
-        .replace("size = 128", "size = 48")
-        .replace("dropout = 0.1", "dropout = 0.0")
-        .replace("augment = true", "augment = false");
-    std::fs::write(dir.join("base.toml"), base).unwrap();
-    let variants = r#"
-[[variant]]
-name = "utp"
-set = { "deep_prompt" = { kind = "none" }, "category" = { kind = "static", tokens = 2 }, "refiner" = { kind = "identity" }, "fusion.raw_weight" = 1.0 }
-[[variant]]
-name = "vcp_clip"
-set = {}
-"#;
+    write_small_base(dir);
     std::fs::write(
         dir.join("mini.toml"),
-        format!("name = \"mini_slurm\"\nbase = \"base.toml\"\nseeds = [0, 1]\n{variants}"),
+        format!("name = \"mini_slurm\"\nbase = \"base.toml\"\nseeds = [0, 1]\n{UTP_AND_VCP_CLIP}"),
     )
     .unwrap();
+}
+
+/// stdout of a successful command.
+fn run_ok(cmd: &mut Command) -> String {
+    ok(cmd).0
 }
 
 /// The submission folder and the collector's marker from `vcp ablate --slurm`'s output.
@@ -94,25 +67,25 @@ fn job_array_equals_local_run_reports_failures_and_resubmits_only_what_failed() 
     let file = d.path().join("mini.toml");
     // Locally.
     let local = d.path().join("local");
-    ok(vcp(&cache)
-        .arg("ablate")
-        .arg(&file)
-        .arg("--results")
-        .arg(&local)
-        .output()
-        .unwrap());
+    run_ok(
+        vcp(&cache)
+            .arg("ablate")
+            .arg(&file)
+            .arg("--results")
+            .arg(&local),
+    );
     let table_local = std::fs::read_to_string(local.join("mini_slurm/table.csv")).unwrap();
     // As a job array (from another directory: the scripts use absolute paths).
     let cluster = d.path().join("cluster");
-    let out = ok(vcp(&cache)
-        .current_dir(d.path().join("..").canonicalize().unwrap())
-        .arg("ablate")
-        .arg(&file)
-        .arg("--results")
-        .arg(&cluster)
-        .args(["--slurm", "--array-parallelism", "2", "--time", "00:10:00"])
-        .output()
-        .unwrap());
+    let out = run_ok(
+        vcp(&cache)
+            .current_dir(d.path().join("..").canonicalize().unwrap())
+            .arg("ablate")
+            .arg(&file)
+            .arg("--results")
+            .arg(&cluster)
+            .args(["--slurm", "--array-parallelism", "2", "--time", "00:10:00"]),
+    );
     assert!(out.contains("submitted 4 of 4 runs"), "{out}");
     let sub = submission(&out);
     wait_collected(&sub);
@@ -159,14 +132,14 @@ fn job_array_equals_local_run_reports_failures_and_resubmits_only_what_failed() 
     let fail_file = d.path().join("fail.toml");
     std::fs::write(&fail_file, text).unwrap();
     let submit = || {
-        ok(vcp(&cache)
-            .arg("ablate")
-            .arg(&fail_file)
-            .arg("--results")
-            .arg(&cluster)
-            .arg("--slurm")
-            .output()
-            .unwrap())
+        run_ok(
+            vcp(&cache)
+                .arg("ablate")
+                .arg(&fail_file)
+                .arg("--results")
+                .arg(&cluster)
+                .arg("--slurm"),
+        )
     };
     let out = submit();
     assert!(out.contains("submitted 6 of 6 runs"), "{out}");

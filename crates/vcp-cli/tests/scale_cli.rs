@@ -311,3 +311,64 @@ fn slurm_without_a_cluster_dry_run_and_bad_input() {
     let c = std::fs::read_to_string(&calls).unwrap();
     assert!(c.contains("scancel 77"), "{c}");
 }
+
+/// Ctrl-C to `vcp ablate --workers 2`: the parent stops both workers (each finishes nothing
+/// half-way and releases its lock), exits with one line, and a rerun completes the experiment.
+#[test]
+fn ctrl_c_stops_every_worker_and_a_rerun_completes() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let child = vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .args(["--workers", "2", "--set", "train.epochs=3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = results.join("mini_scale/runs");
+    let t0 = std::time::Instant::now();
+    while !runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none() {
+        assert!(t0.elapsed().as_secs() < 120, "no run started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(one_error(&err) && err.contains("interrupted"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Both workers are gone and left no lock behind.
+    for e in std::fs::read_dir(&runs).unwrap() {
+        assert!(!e.unwrap().path().join("lock.json").exists());
+    }
+    for i in 0..2 {
+        let log =
+            std::fs::read_to_string(results.join(format!("mini_scale/workers/worker-{i}.log")))
+                .unwrap();
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    let done = std::fs::read_dir(&runs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("record.json").exists())
+        .count();
+    assert!(done < 6);
+    let (out, _) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .args(["--set", "train.epochs=3"]));
+    assert!(
+        out.contains(&format!("{} runs done, {done} already finished", 6 - done)),
+        "{out}"
+    );
+}

@@ -35,6 +35,11 @@ pub trait TextPrompt: Send + Sync {
         false
     }
 
+    /// Whether `r` category tokens fit this prompt (checked before training starts).
+    fn check_category_tokens(&self, _r: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether the embeddings depend on the category name (then batches must not mix
     /// categories).
     fn depends_on_class_name(&self) -> bool {
@@ -56,9 +61,6 @@ pub trait CategoryTokens: Send + Sync {
 
     /// `r`.
     fn tokens_per_prompt(&self) -> usize;
-
-    /// Whether the tokens depend on the image (then the text tower runs per image).
-    fn depends_on_image(&self) -> bool;
 }
 
 /// Text embeddings refined by the dense features of a layer (slot `refiner`); their maps form

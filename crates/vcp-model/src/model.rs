@@ -142,6 +142,9 @@ impl VcpModel {
     fn validate_components(&self) -> Result<()> {
         let bad = |m: String| Err(candle_core::Error::Msg(m));
         let (pk, ck) = (self.cfg.prompt.kind(), self.cfg.category.kind());
+        if let (true, Some(c)) = (self.prompt.takes_category_tokens(), &self.category) {
+            self.prompt.check_category_tokens(c.tokens_per_prompt())?;
+        }
         match (self.prompt.takes_category_tokens(), &self.category) {
             (true, None) => {
                 return bad(format!("prompt.kind = \"{pk}\" needs category tokens: set category.kind = \"static\" or \"pre_vcp\""))

@@ -397,3 +397,25 @@ fn features_do_not_depend_on_the_batch() {
         0.0
     );
 }
+
+/// The UTP checks that the category tokens fit its context (the EOT moves by r - 1): the
+/// prompt asks the category slot how many tokens it gives.
+#[test]
+fn category_tokens_must_fit_the_text_context() {
+    let w = weights();
+    let ctx = w.config.text.context_length;
+    let mut cfg = base();
+    // start, "a photo of a good", <|class|>, end: the EOT at index 7, so r <= ctx - 7.
+    cfg.category.set("tokens", (ctx - 7) as i64);
+    assert!(VcpModel::new(&cfg, &w, 0, &Device::Cpu).is_ok());
+    cfg.category.set("tokens", (ctx - 6) as i64);
+    let e = VcpModel::new(&cfg, &w, 0, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(&format!("category.tokens = {}", ctx - 6))
+            && e.contains(&format!("{ctx} positions")),
+        "{e}"
+    );
+}

@@ -81,10 +81,6 @@ impl CategoryTokens for PreVcp {
         self.query.dim(1).unwrap_or(0)
     }
 
-    fn depends_on_image(&self) -> bool {
-        true
-    }
-
     /// # Shapes
     /// `global`: [B, D] → [B, r, W].
     fn tokens(&self, global: &Tensor) -> Result<Tensor> {

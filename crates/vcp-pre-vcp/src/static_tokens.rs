@@ -38,7 +38,4 @@ impl CategoryTokens for StaticTokens {
     fn tokens_per_prompt(&self) -> usize {
         self.query.dim(1).unwrap_or(0)
     }
-    fn depends_on_image(&self) -> bool {
-        false
-    }
 }

@@ -135,6 +135,22 @@ impl TextPrompt for Utp {
         true
     }
 
+    /// The `r` tokens replace one position and push the EOT `r - 1` positions on: it must stay
+    /// inside the context.
+    fn check_category_tokens(&self, r: usize) -> Result<()> {
+        let len = self.ids.dim(1)?;
+        if let Some(&e) = self.eot.iter().max() {
+            if r == 0 || e + r > len {
+                candle_core::bail!(
+                    "category.tokens = {r}: with the prompt's {} tokens the sequence needs {} of the text context's {len} positions",
+                    e + 1,
+                    e + r
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn encode(
         &self,
         ctx: &TextCtx,

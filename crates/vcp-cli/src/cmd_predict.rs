@@ -196,9 +196,13 @@ pub fn run(a: Args) -> Result<()> {
     exp.fusion.normalize = Normalize::None;
     let ref_paths = match &a.refs {
         Some(d) => {
-            exp.fewshot.k = 1; // marks few-shot on; the references are all images of the folder
-            exp.fewshot.memory_bank = a.memory_bank;
-            exp.fewshot.normal_prompt = a.normal_prompt;
+            // k = 1 marks few-shot on; the references are all images of the folder.
+            exp.fewshot = Some(
+                vcp_model::SlotConfig::of("references")
+                    .with("k", 1)
+                    .with("memory_bank", a.memory_bank)
+                    .with("normal_prompt", a.normal_prompt),
+            );
             images_in(d)?
         }
         None => vec![],

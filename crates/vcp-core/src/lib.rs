@@ -22,5 +22,6 @@ pub use ops::{l2norm, Linear};
 pub use params::Params;
 pub use registry::{BuildCtx, Registry, SlotConfig};
 pub use slots::{
-    CategoryTokens, DeepPrompt, HeadInput, HeadOutput, PatchHead, Refiner, TextCtx, TextPrompt,
+    CategoryTokens, DeepPrompt, FewShot, HeadInput, HeadOutput, PatchHead, Refiner, TextCtx,
+    TextPrompt,
 };

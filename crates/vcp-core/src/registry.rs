@@ -7,7 +7,7 @@
 //! installs it with [`install`] before anything reads a configuration.
 
 use crate::params::Params;
-use crate::slots::{CategoryTokens, DeepPrompt, PatchHead, Refiner, TextPrompt};
+use crate::slots::{CategoryTokens, DeepPrompt, FewShot, PatchHead, Refiner, TextPrompt};
 use candle_core::{Device, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -208,8 +208,15 @@ impl<T: ?Sized + 'static> Slot<T> {
         let f = self.factory(cfg).map_err(candle_core::Error::Msg)?;
         let mut rest = cfg.0.clone();
         rest.remove("kind");
-        f.build(&rest, ctx)
-            .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", self.name)))
+        f.build(&rest, ctx).map_err(|e| {
+            let m = e.to_string();
+            // Messages that already name the slot's keys (`fewshot.k ...`) are kept as they are.
+            candle_core::Error::Msg(if m.starts_with(self.name) {
+                m
+            } else {
+                format!("{}: {m}", self.name)
+            })
+        })
     }
 }
 
@@ -220,6 +227,7 @@ pub struct Registry {
     pub category: Slot<dyn CategoryTokens>,
     pub refiner: Slot<dyn Refiner>,
     pub head: Slot<dyn PatchHead>,
+    pub fewshot: Slot<dyn FewShot>,
 }
 
 impl Default for Registry {
@@ -237,6 +245,7 @@ impl Registry {
             category: Slot::new("category"),
             refiner: Slot::new("refiner"),
             head: Slot::new("head"),
+            fewshot: Slot::new("fewshot"),
         }
     }
 
@@ -261,6 +270,7 @@ impl Registry {
             line(&self.category),
             line(&self.refiner),
             line(&self.head),
+            line(&self.fewshot),
         ]
         .join("\n")
     }

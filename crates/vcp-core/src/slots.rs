@@ -129,3 +129,27 @@ pub trait PatchHead: Send + Sync {
         true
     }
 }
+
+/// How `k` normal reference images of the target category change the result (slot
+/// `fewshot`; its table's `kind` may be left out, meaning `references`).
+pub trait FewShot: Send + Sync {
+    /// Reference images per category (0 = zero-shot).
+    fn shots(&self) -> usize;
+
+    /// Seed of the reference draw (mixed with the run's seed by the runner).
+    fn seed(&self) -> u64;
+
+    /// The text of one tapped layer given the references' pooled, normalised joint-space
+    /// embedding of that layer.
+    ///
+    /// # Shapes
+    /// `text`: [B, 2, D], `pooled`: [D] → [B, 2, D].
+    fn condition_text(&self, text: &Tensor, pooled: &Tensor) -> Result<Tensor>;
+
+    /// Whether [`Self::condition_text`] changes anything (then the head must compare text with
+    /// patches).
+    fn conditions_text(&self) -> bool;
+
+    /// Weight of the references' patch memory-bank map in the final map (0 = not used).
+    fn memory_bank_weight(&self) -> f64;
+}

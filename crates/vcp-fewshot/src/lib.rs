@@ -14,10 +14,44 @@
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 use vcp_core::ops::{upsample, Upsample};
-use vcp_core::{l2norm, Features};
+use vcp_core::{l2norm, Features, FewShot, Registry};
 
-/// `[fewshot]`: `k` normal images of the target category (its `train` split), drawn with `seed`
-/// mixed with the run's seed; the images used are recorded with the results.
+/// Register `[fewshot] kind = "references"` (the default kind of the slot).
+pub fn register(reg: &mut Registry) {
+    reg.fewshot.register::<FewShotConfig>(
+        "references",
+        "k normal references: patch memory bank and/or reference-conditioned normal prompt",
+        |c, _| {
+            c.validate().map_err(candle_core::Error::Msg)?;
+            Ok(Some(Box::new(ReferenceFewShot(c.clone()))))
+        },
+    );
+}
+
+/// The memory bank and the reference-conditioned normal prompt, as configured.
+pub struct ReferenceFewShot(pub FewShotConfig);
+
+impl FewShot for ReferenceFewShot {
+    fn shots(&self) -> usize {
+        self.0.k
+    }
+    fn seed(&self) -> u64 {
+        self.0.seed
+    }
+    fn condition_text(&self, text: &Tensor, pooled: &Tensor) -> Result<Tensor> {
+        condition_text(text, pooled, self.0.normal_prompt)
+    }
+    fn conditions_text(&self) -> bool {
+        self.0.normal_prompt > 0.0
+    }
+    fn memory_bank_weight(&self) -> f64 {
+        self.0.memory_bank
+    }
+}
+
+/// `[fewshot]` (`kind = "references"`, the default): `k` normal images of the target category
+/// (its `train` split), drawn with `seed` mixed with the run's seed; the images used are
+/// recorded with the results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FewShotConfig {
@@ -121,18 +155,18 @@ impl References {
     }
 }
 
-/// The reference-conditioned normal prompt of tapped layer `layer`: the normal embedding
-/// blended towards the references' pooled embedding, `normalize((1 - a) t_normal + a pooled)`;
-/// the abnormal embedding is kept.
+/// The reference-conditioned normal prompt: the normal embedding blended towards the
+/// references' pooled embedding of the layer, `normalize((1 - a) t_normal + a pooled)`; the
+/// abnormal embedding is kept.
 ///
 /// # Shapes
-/// `text`: [B, 2, D] → [B, 2, D].
-pub fn condition_text(text: &Tensor, refs: &References, layer: usize, a: f64) -> Result<Tensor> {
+/// `text`: [B, 2, D], `pooled`: [D] → [B, 2, D].
+pub fn condition_text(text: &Tensor, pooled: &Tensor, a: f64) -> Result<Tensor> {
     if a <= 0.0 {
         return Ok(text.clone());
     }
     let normal = text.narrow(1, 0, 1)?; // [B, 1, D]
-    let pooled = refs.pooled[layer].reshape((1, 1, ()))?;
+    let pooled = pooled.reshape((1, 1, ()))?;
     let normal = l2norm(&((normal * (1.0 - a))?.broadcast_add(&(pooled * a)?)?))?;
     Tensor::cat(&[&normal, &text.narrow(1, 1, 1)?], 1)
 }

@@ -167,9 +167,13 @@ pub struct ModelConfig {
     pub head: SlotConfig,
     pub temperature: TemperatureConfig,
     pub fusion: FusionConfig,
-    #[serde(default, skip_serializing_if = "FewShotConfig::is_off")]
-    pub fewshot: FewShotConfig,
+    /// Few-shot references (`kind` may be left out: `references`); absent = zero-shot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fewshot: Option<SlotConfig>,
 }
+
+/// The few-shot slot's default kind (experiment files may leave `kind` out).
+pub const FEWSHOT_DEFAULT_KIND: &str = "references";
 
 impl ModelConfig {
     /// Every slot's table parsed strictly by its kind and returned with the defaults filled in
@@ -181,6 +185,17 @@ impl ModelConfig {
             category: reg.category.normalize(&self.category)?,
             refiner: reg.refiner.normalize(&self.refiner)?,
             head: reg.head.normalize(&self.head)?,
+            fewshot: match &self.fewshot {
+                None => None,
+                Some(t) => {
+                    let mut t = t.clone();
+                    t.0.entry("kind")
+                        .or_insert_with(|| toml::Value::String(FEWSHOT_DEFAULT_KIND.into()));
+                    let n = reg.fewshot.normalize(&t)?;
+                    // `k = 0` is zero-shot: the same run as no table at all.
+                    (n.get("k").and_then(|v| v.as_integer()) != Some(0)).then_some(n)
+                }
+            },
             ..self.clone()
         })
     }

@@ -33,6 +33,7 @@ pub fn standard_registry() -> Registry {
         .with(vcp_pre_vcp::register)
         .with(vcp_post_vcp::register)
         .with(vcp_heads::register)
+        .with(vcp_fewshot::register)
 }
 
 /// The process's registry: the one the binary installed with [`install_registry`], else

@@ -10,8 +10,8 @@ use crate::fusion::{probs, ImageMaps};
 use candle_core::{Device, Result, Tensor, Var};
 use vcp_clip::{Clip, ClipOptions, ClipWeights, Tokenizer};
 use vcp_core::{
-    l2norm, BuildCtx, CategoryTokens, DeepPrompt, HeadInput, Params, PatchHead, Refiner, Registry,
-    TextCtx, TextPrompt,
+    l2norm, BuildCtx, CategoryTokens, DeepPrompt, FewShot, HeadInput, Params, PatchHead, Refiner,
+    Registry, TextCtx, TextPrompt,
 };
 pub use vcp_core::{Features, Trace};
 use vcp_fewshot::References;
@@ -51,6 +51,7 @@ pub struct VcpModel {
     category: Option<Box<dyn CategoryTokens>>,
     refiner: Option<Box<dyn Refiner>>,
     head: Box<dyn PatchHead>,
+    fewshot: Option<Box<dyn FewShot>>,
     tau_raw: Tensor,
     tau_post: Option<Tensor>,
 }
@@ -120,6 +121,16 @@ impl VcpModel {
             .build(&cfg.prompt, &mut ctx)?
             .ok_or_else(|| candle_core::Error::Msg("prompt: every model needs a prompt".into()))?;
         let deep_prompt = reg.deep_prompt.build(&cfg.deep_prompt, &mut ctx)?;
+        let fewshot = match &cfg.fewshot {
+            Some(t) => {
+                let mut t = t.clone();
+                t.0.entry("kind").or_insert_with(|| {
+                    toml::Value::String(crate::config::FEWSHOT_DEFAULT_KIND.into())
+                });
+                reg.fewshot.build(&t, &mut ctx)?
+            }
+            None => None,
+        };
         let m = Self {
             cfg: cfg.clone(),
             seed,
@@ -131,6 +142,7 @@ impl VcpModel {
             category,
             refiner,
             head,
+            fewshot,
             tau_raw,
             tau_post,
         };
@@ -160,10 +172,16 @@ impl VcpModel {
                 "head.kind = \"{hk}\" replaces the text-patch maps: set refiner.kind = \"identity\""
             ));
         }
-        if self.cfg.fewshot.normal_prompt > 0.0 && !self.head.compares_text_with_patches() {
+        let conditions = self.fewshot.as_ref().is_some_and(|f| f.conditions_text());
+        if conditions && !self.head.compares_text_with_patches() {
             return bad(format!("fewshot.normal_prompt needs a text-patch head (head.kind = linear_proj or clip_proj), not head.kind = \"{hk}\""));
         }
         Ok(())
+    }
+
+    /// The few-shot component, when the model uses references.
+    pub fn fewshot(&self) -> Option<&dyn FewShot> {
+        self.fewshot.as_deref().filter(|f| f.shots() > 0)
     }
 
     /// Whether the text embeddings depend on the category name (batches must not mix them).
@@ -273,12 +291,11 @@ impl VcpModel {
             )
         };
         // Per tapped layer: the text, conditioned on few-shot references when configured.
-        let alpha = self.cfg.fewshot.normal_prompt;
         let texts = if needs_text {
             (0..f.layers.len())
-                .map(|i| match refs {
-                    Some(r) => vcp_fewshot::condition_text(&text, r, i, alpha),
-                    None => Ok(text.clone()),
+                .map(|i| match (refs, &self.fewshot) {
+                    (Some(r), Some(fs)) => fs.condition_text(&text, &r.pooled[i]),
+                    _ => Ok(text.clone()),
                 })
                 .collect::<Result<Vec<_>>>()?
         } else {
@@ -452,7 +469,6 @@ pub fn validate(cfg: &ModelConfig, w: &ClipWeights) -> Result<()> {
     if !(0.0..=1.0).contains(&cfg.fusion.raw_weight) {
         return bad("fusion.raw_weight must be in [0, 1]".into());
     }
-    cfg.fewshot.validate().map_err(candle_core::Error::Msg)?;
     dense_path(&cfg.backbone)?;
     Ok(())
 }

@@ -79,7 +79,7 @@ abnormal_state = "damaged""#,
             learnable: true,
         },
         fusion: vcp_fusion(),
-        fewshot: Default::default(),
+        fewshot: None,
     }
 }
 
@@ -129,7 +129,7 @@ pub fn april_gan(backbone: BackboneConfig) -> ModelConfig {
             normalize: Normalize::None,
             image_score: ImageScoreConfig::ClsText,
         },
-        fewshot: Default::default(),
+        fewshot: None,
     }
 }
 
@@ -168,7 +168,7 @@ abnormal_words = "damaged object""#,
             normalize: Normalize::None,
             image_score: ImageScoreConfig::ClsText,
         },
-        fewshot: Default::default(),
+        fewshot: None,
     }
 }
 

@@ -194,8 +194,11 @@ fn reference_conditioned_normal_prompt() {
     let dev = Device::Cpu;
     let mut cfg = base();
     cfg.refiner = SlotConfig::of("identity");
-    cfg.fewshot.k = 2;
-    cfg.fewshot.normal_prompt = 1.0;
+    cfg.fewshot = Some(
+        SlotConfig::of("references")
+            .with("k", 2)
+            .with("normal_prompt", 1.0),
+    );
     let m = VcpModel::new(&cfg, &w, 2, &dev).unwrap();
     let (refs_px, _) = batch(2);
     let refs = m
@@ -245,7 +248,7 @@ fn reference_conditioned_normal_prompt() {
     assert!(max_abs_diff(&refs.pooled[0].unsqueeze(0).unwrap(), &want) < 1e-6);
     // alpha = 0.5 lies between (after normalisation the normal channel moves towards refs).
     let mut half = cfg.clone();
-    half.fewshot.normal_prompt = 0.5;
+    half.fewshot.as_mut().unwrap().set("normal_prompt", 0.5);
     let m2 = VcpModel::new(&half, &w, 2, &dev).unwrap();
     let h = m2.logits_with(&f, "x", false, false, Some(&refs)).unwrap();
     let d_full = max_abs_diff(&zs.raw[0], &fs.raw[0]);

@@ -4,8 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use vcp_model::config::{
-    key_line, line_of, unknown_key, BackboneConfig, FewShotConfig, FusionConfig, ModelConfig,
-    TemperatureConfig,
+    key_line, line_of, unknown_key, BackboneConfig, FusionConfig, ModelConfig, TemperatureConfig,
 };
 use vcp_model::{Registry, SlotConfig};
 
@@ -105,8 +104,8 @@ pub struct ExperimentConfig {
     pub head: SlotConfig,
     pub temperature: TemperatureConfig,
     pub fusion: FusionConfig,
-    #[serde(default, skip_serializing_if = "FewShotConfig::is_off")]
-    pub fewshot: FewShotConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fewshot: Option<SlotConfig>,
     pub train: Option<TrainConfig>,
     pub eval: Option<EvalConfig>,
     #[serde(default)]
@@ -188,6 +187,7 @@ impl ExperimentConfig {
             category: model.category,
             refiner: model.refiner,
             head: model.head,
+            fewshot: model.fewshot,
             ..raw
         })
     }

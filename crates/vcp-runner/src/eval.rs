@@ -54,10 +54,10 @@ pub fn evaluate(
     let t0 = std::time::Instant::now();
     let size = model.cfg.backbone.image_size;
     let mut out = EvalOutput::default();
-    let fs = &model.cfg.fewshot;
+    let bank_weight = model.fewshot().map_or(0.0, |f| f.memory_bank_weight());
     for (cls, recs) in &meta.test.0 {
         pb.set_prefix(cls.clone());
-        let refs = if fs.k > 0 {
+        let refs = if model.fewshot().is_some() {
             let r = references(model, meta, root, cls, o, device)?;
             out.references.push((cls.clone(), r.paths.clone()));
             Some(r)
@@ -88,10 +88,10 @@ pub fn evaluate(
             out.backbone_seconds += tb.elapsed().as_secs_f64();
             let lg = model.logits_with(&feats, cls, false, false, refs.as_ref())?;
             let mut maps = model.image_maps(&lg, size)?;
-            if let Some(r) = refs.as_ref().filter(|_| fs.memory_bank > 0.0) {
+            if let Some(r) = refs.as_ref().filter(|_| bank_weight > 0.0) {
                 let bank = r.memory_bank_maps(&feats, size, model.cfg.fusion.upsample)?;
                 for (im, m) in maps.iter_mut().zip(bank.flatten_from(1)?.to_vec2::<f32>()?) {
-                    im.fewshot = Some((fs.memory_bank as f32, m));
+                    im.fewshot = Some((bank_weight as f32, m));
                 }
             }
             images.extend(maps);
@@ -182,7 +182,10 @@ fn references(
     o: &EvalOptions,
     device: &Device,
 ) -> Result<vcp_fewshot::References> {
-    let fs = &model.cfg.fewshot;
+    let fs = model
+        .fewshot()
+        .ok_or_else(|| anyhow::anyhow!("references asked of a zero-shot model"))?;
+    let k = fs.shots();
     let normal: Vec<_> = meta
         .train
         .0
@@ -190,17 +193,16 @@ fn references(
         .find(|(c, _)| c == cls)
         .map(|(_, r)| r.iter().filter(|r| r.anomaly == 0).cloned().collect())
         .unwrap_or_default();
-    if normal.len() < fs.k {
+    if normal.len() < k {
         anyhow::bail!(
-            "fewshot.k = {}: category {cls} has {} normal images in the dataset's train split",
-            fs.k,
+            "fewshot.k = {k}: category {cls} has {} normal images in the dataset's train split",
             normal.len()
         );
     }
     // The draw depends on `fewshot.seed` and on the run's seed, so the spread over seeds includes
     // the choice of references (as in WinCLIP's few-shot protocol).
-    let seed = fs.seed ^ model.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let pick = vcp_fewshot::select(normal.len(), fs.k, seed, cls);
+    let seed = fs.seed() ^ model.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let pick = vcp_fewshot::select(normal.len(), k, seed, cls);
     let recs: Vec<_> = pick.iter().map(|&i| normal[i].clone()).collect();
     let size = model.cfg.backbone.image_size;
     let mut feats = Vec::new();

@@ -353,11 +353,11 @@ pub fn run_one(
     let model = VcpModel::new(&exp.model(), &w, exp.seed, &o.device)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or("")))?;
     let mut log = format!("run {} seed {} ({})\n", spec.variant, spec.seed, spec.hash);
-    if exp.fewshot.k > 0 {
+    if let Some(k) = model.fewshot().map(|f| f.shots()) {
         // Fail before training when the evaluation data cannot supply the references.
         if let Some(ec) = &exp.eval {
             let (meta, _, _) = crate::data::resolve(&ec.data, ec.root.as_deref(), &exp.synth)?;
-            crate::eval::check_references(&meta, exp.fewshot.k)?;
+            crate::eval::check_references(&meta, k)?;
         }
     }
     let train_report = train_phase(exp, &model, dir, cache, mp, &o.device, &mut log)?;

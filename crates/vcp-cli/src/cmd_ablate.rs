@@ -425,6 +425,13 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(s) = &a.shard {
             args.extend(["--shard".into(), s.clone()]);
         }
+        let reference_table = std::fs::read_to_string(exp_dir.join("table.csv")).ok();
+        let done = |runs: &[&RunSpec]| {
+            runs.iter()
+                .filter(|r| r.dir(&a.results).join("record.json").exists())
+                .count()
+        };
+        let done_before = done(&runs);
         let pool = vcp_runner::workers::Pool {
             exe,
             args,
@@ -449,7 +456,12 @@ pub fn run(a: Args) -> Result<()> {
                 bad.join(", ")
             );
         }
-        return finish(&a, &ab, &exp_dir, t, None, 0);
+        let ran = done(&runs) - done_before;
+        outln!(
+            "{ran} runs done by {} workers, {done_before} already finished",
+            outcomes.len()
+        );
+        return finish(&a, &ab, &exp_dir, t, reference_table, ran);
     }
     let opts = vcp_runner::runner::RunOptions {
         results: a.results.clone(),

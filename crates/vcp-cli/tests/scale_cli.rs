@@ -179,6 +179,11 @@ fn locks_stale_and_foreign_shards_and_workers() {
     std::fs::remove_file(dir_of(&h_remote).join("lock.json")).unwrap();
     let (out, _) = ok(ablate().args(["--workers", "2"]));
     assert!(out.contains("Table:"), "{out}");
+    assert!(
+        out.contains("1 runs done by 2 workers, 5 already finished"),
+        "{out}"
+    );
+    assert!(out.contains("reproduced the committed table"), "{out}");
     let logs: Vec<_> = std::fs::read_dir(results.join("mini_scale/workers"))
         .unwrap()
         .collect();

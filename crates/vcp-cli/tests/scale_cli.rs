@@ -273,6 +273,17 @@ fn slurm_without_a_cluster_dry_run_and_bad_input() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     };
     let calls = d.path().join("calls.txt");
+    // `vcp ablate --slurm` with only the fake Slurm (and the system tools) on the PATH.
+    let run_fake = || {
+        let out = slurm(&fake)
+            .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
     script(
         "scontrol",
         "echo 'Slurmctld(primary) at vm is DOWN'; exit 1",
@@ -281,13 +292,9 @@ fn slurm_without_a_cluster_dry_run_and_bad_input() {
         "sbatch",
         &format!("echo sbatch \"$@\" >> {}; exit 1", calls.display()),
     );
-    let out = slurm(&fake)
-        .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
+    let (success, e) = run_fake();
     assert!(
-        !out.status.success() && e.contains("not reachable") && e.contains("DOWN"),
+        !success && e.contains("not reachable") && e.contains("DOWN"),
         "{e}"
     );
     assert!(!calls.exists(), "sbatch was called");
@@ -304,13 +311,9 @@ fn slurm_without_a_cluster_dry_run_and_bad_input() {
         "scancel",
         &format!("echo scancel \"$@\" >> {}", calls.display()),
     );
-    let out = slurm(&fake)
-        .env("PATH", format!("{}:/usr/bin:/bin", fake.display()))
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&out.stderr);
+    let (success, e) = run_fake();
     assert!(
-        !out.status.success() && e.contains("cancelled") && e.contains("Invalid dependency"),
+        !success && e.contains("cancelled") && e.contains("Invalid dependency"),
         "{e}"
     );
     let c = std::fs::read_to_string(&calls).unwrap();

@@ -86,50 +86,63 @@ pub fn plot_curves(out: &std::path::Path) -> Result<Vec<String>> {
             .split(',')
             .map(String::from)
             .collect();
+        // A killed run or a full disk can leave a short last line: rows without every column
+        // are skipped, not indexed.
         let rows = lines
             .map(|l| {
                 l.split(',')
                     .map(|v| v.parse().unwrap_or(f64::NAN))
-                    .collect()
+                    .collect::<Vec<f64>>()
             })
+            .filter(|r| r.len() == header.len())
             .collect();
         Ok((header, rows))
     };
     let mut written = Vec::new();
     let (h, rows) = read("log.csv")?;
     let col = |name: &str| h.iter().position(|c| c == name);
-    if let (Some(s), Some(l)) = (col("step"), col("loss")) {
+    if let Some(s) = col("step") {
         // The loss per step is noisy: plot it with a running mean over 50 steps.
-        let raw: Vec<(f64, f64)> = rows.iter().map(|r| (r[s], r[l])).collect();
-        let smooth: Vec<(f64, f64)> = raw
+        let smooth = |l: usize| -> Vec<(f64, f64)> {
+            let raw: Vec<(f64, f64)> = rows.iter().map(|r| (r[s], r[l])).collect();
+            raw.iter()
+                .enumerate()
+                .map(|(i, &(x, _))| {
+                    let w = &raw[i.saturating_sub(49)..=i];
+                    (x, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
+                })
+                .collect()
+        };
+        // v1 logs have the total only; v2 logs also the terms (all-zero terms are not drawn).
+        let series: Vec<(String, Vec<(f64, f64)>)> = ["loss", "contrastive", "patch", "state"]
             .iter()
-            .enumerate()
-            .map(|(i, &(x, _))| {
-                let w = &raw[i.saturating_sub(49)..=i];
-                (x, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64)
-            })
+            .filter_map(|n| col(n).map(|c| (n.to_string(), smooth(c))))
+            .filter(|(_, v)| v.iter().any(|p| p.1 != 0.0))
             .collect();
-        let p = out.join("curves_loss.png");
-        vcp_runner::plots::line_chart(
-            &p,
-            "contrastive loss (symmetric InfoNCE, batch 128; running mean of 50 steps)",
-            "step",
-            "loss",
-            &[("loss".into(), smooth)],
-        )?;
-        written.push(p.display().to_string());
+        if !series.is_empty() {
+            let p = out.join("curves_loss.png");
+            vcp_runner::plots::line_chart(
+                &p,
+                "pretraining loss and its terms (batch 128; running mean of 50 steps)",
+                "step",
+                "loss",
+                &series,
+            )?;
+            written.push(p.display().to_string());
+        }
     }
     if let Ok((h, rows)) = read("heldout.csv") {
         let series: Vec<(String, Vec<(f64, f64)>)> = h
             .iter()
             .enumerate()
             .skip(1)
+            .filter(|(_, name)| name.as_str() != "size")
             .map(|(j, name)| (name.clone(), rows.iter().map(|r| (r[0], r[j])).collect()))
             .collect();
         let p = out.join("curves_heldout.png");
         vcp_runner::plots::line_chart(
             &p,
-            "held-out corpus pairs: retrieval, kind accuracy, zero-shot defect AUROC",
+            "held-out corpus pairs: retrieval, kind accuracy, zero-shot image and pixel AUROC",
             "step",
             "fraction",
             &series,

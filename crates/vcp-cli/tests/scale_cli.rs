@@ -320,6 +320,77 @@ fn slurm_without_a_cluster_dry_run_and_bad_input() {
     assert!(c.contains("scancel 77"), "{c}");
 }
 
+/// Nothing typed reaches a shell: a control character in any value or path that goes into the
+/// Slurm scripts is refused before anything is written; printable shell syntax stays inert
+/// (`bash -n` accepts both scripts, and running them runs nothing injected).
+#[test]
+fn slurm_scripts_cannot_be_injected() {
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let file = mini(d.path());
+    let empty_path = d.path().join("empty_path");
+    std::fs::create_dir_all(&empty_path).unwrap();
+    let slurm = |results: &Path| {
+        let mut c = vcp(&cache);
+        c.env("PATH", &empty_path)
+            .current_dir(d.path())
+            .arg("ablate")
+            .arg(&file)
+            .arg("--results")
+            .arg(results)
+            .args(["--slurm", "--dry-run"]);
+        c
+    };
+    let injected = |tag: &str| d.path().join(format!("injected_{tag}"));
+    let results = d.path().join("results");
+    for flag in ["--partition", "--gres", "--time", "--sbatch-arg"] {
+        let value = format!("-gpu\ntouch {}\n#", injected(flag).display());
+        let out = slurm(&results).arg(format!("{flag}={value}")).output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && one_error(&e) && e.contains(flag), "{flag}: {e}");
+        assert!(e.contains("control character"), "{e}");
+    }
+    let bad_results = d.path().join("res\ntouch x\n#");
+    let out = slurm(&bad_results).output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("results folder"), "{e}");
+    assert!(!results.join("mini_scale/slurm").exists(), "scripts written for refused input");
+    assert!(!bad_results.exists());
+
+    // Printable shell syntax everywhere: written, parsed, run, inert.
+    let results = d.path().join(format!("res $(touch {}) `touch {}` 'q'", injected("a").display(), injected("b").display()));
+    ok(slurm(&results).args([
+        &format!("--partition=gpu$(touch {})", injected("c").display()),
+        &format!("--time=`touch {}`", injected("d").display()),
+        &format!("--gres=gpu:1;touch {}", injected("e").display()),
+    ]));
+    let sub = std::fs::read_dir(results.join("mini_scale/slurm"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for script in ["array.sh", "collect.sh"] {
+        let st = Command::new("bash").arg("-n").arg(sub.join(script)).status().unwrap();
+        assert!(st.success(), "bash -n {script}");
+    }
+    let out = Command::new("bash")
+        .arg(sub.join("array.sh"))
+        .env("SLURM_ARRAY_TASK_ID", "0")
+        .env("VCP_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bash").arg(sub.join("collect.sh")).env("VCP_CACHE", &cache).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sub.join("collected").exists() && sub.join("summary.txt").exists());
+    let summary = std::fs::read_to_string(sub.join("summary.txt")).unwrap();
+    assert!(summary.contains("1 done"), "{summary}");
+    for tag in ["a", "b", "c", "d", "e"] {
+        assert!(!injected(tag).exists(), "injected_{tag} was created");
+    }
+}
+
 /// Ctrl-C to `vcp ablate --workers 2`: the parent stops both workers (each finishes nothing
 /// half-way and releases its lock), exits with one line, and a rerun completes the experiment.
 #[test]

@@ -325,6 +325,34 @@ impl ClipConfig {
                 t.width, t.heads
             )));
         }
+        // Bounds before anything is allocated: a mistyped size must be an error, not an abort
+        // (the largest public CLIPs are far inside them: ViT-bigG is 1664 wide, 48 blocks).
+        for (key, val, lo, hi) in [
+            ("embed_dim", self.embed_dim, 1, 16384),
+            ("vision.width", v.width, 1, 16384),
+            ("vision.layers", v.layers, 1, 256),
+            ("vision.mlp_dim", v.mlp_dim, 1, 65536),
+            ("vision.patch_size", v.patch_size, 1, 1024),
+            ("vision.image_size", v.image_size, 1, 4096),
+            ("text.width", t.width, 1, 16384),
+            ("text.layers", t.layers, 1, 256),
+            ("text.mlp_dim", t.mlp_dim, 1, 65536),
+            ("text.context_length", t.context_length, 1, 1024),
+            ("text.vocab_size", t.vocab_size, 1, 1 << 22),
+        ] {
+            if !(lo..=hi).contains(&val) {
+                return Err(ClipError::Config(format!(
+                    "{key} = {val}: must be in {lo}..={hi}"
+                )));
+            }
+        }
+        for (key, eps) in [("vision.ln_eps", v.ln_eps), ("text.ln_eps", t.ln_eps)] {
+            if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+                return Err(ClipError::Config(format!(
+                    "{key} = {eps}: must be a small positive number"
+                )));
+            }
+        }
         if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(ClipError::Config(format!(
                 "native image size {} is not a multiple of patch size {}",

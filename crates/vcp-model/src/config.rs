@@ -121,13 +121,53 @@ pub enum Normalize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ImageScoreConfig {
-    /// Sum over branches of the mean of each branch map's top-k pixels (VCP-CLIP: k = 2000).
-    TopkMean { k: usize },
+    /// Sum over branches of the mean of each branch map's top-k pixels (VCP-CLIP: k = 2000 at
+    /// 518 px). Give `k` (pixels) or `fraction` (of the map's pixels, resolution-independent:
+    /// the paper's 2000 of 518^2 is 0.00745), exactly one.
+    TopkMean {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        k: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fraction: Option<f64>,
+    },
     /// Max of the final map.
     Max,
     /// Probability of the abnormal state from the class token: softmax over the two states of
     /// `exp(tau) * cos(global embedding, text)` (APRIL-GAN / AnomalyCLIP zero-shot image score).
     ClsText,
+}
+
+impl ImageScoreConfig {
+    /// `k` pixels, or `fraction` of `pixels` rounded (at least 1).
+    pub fn topk_pixels(k: Option<usize>, fraction: Option<f64>, pixels: usize) -> usize {
+        match (k, fraction) {
+            (Some(k), _) => k,
+            (None, Some(f)) => ((f * pixels as f64).round() as usize).clamp(1, pixels.max(1)),
+            (None, None) => pixels,
+        }
+    }
+
+    /// Exactly one of `k` / `fraction`, each in range (the key named in the error).
+    pub fn validate(&self) -> Result<(), String> {
+        if let ImageScoreConfig::TopkMean { k, fraction } = self {
+            match (k, fraction) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(
+                        "fusion.image_score: give exactly one of `k` (pixels) and `fraction` (of the map)"
+                            .into(),
+                    )
+                }
+                (Some(0), _) => return Err("fusion.image_score.k must be at least 1".into()),
+                (_, Some(f)) if !(f.is_finite() && *f > 0.0 && *f <= 1.0) => {
+                    return Err(format!(
+                        "fusion.image_score.fraction = {f}: must be in (0, 1]"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Map fusion and post-processing (VCP-CLIP test.py / calcuate_metric).
@@ -170,6 +210,54 @@ pub struct ModelConfig {
     /// Few-shot references (`kind` may be left out: `references`); absent = zero-shot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fewshot: Option<SlotConfig>,
+}
+
+/// Largest input size a backbone runs at (the paper's 518 is far inside; larger sizes only
+/// exhaust memory).
+pub const MAX_IMAGE_SIZE: usize = 2048;
+
+impl ModelConfig {
+    /// Numbers that cannot work, found before anything is built or trained; the error names
+    /// the key (`fusion.sigma = inf: ...`).
+    pub fn check_values(&self) -> Result<(), String> {
+        let b = &self.backbone;
+        if !(1..=MAX_IMAGE_SIZE).contains(&b.image_size) {
+            return Err(format!(
+                "backbone.image_size = {}: must be in 1..={MAX_IMAGE_SIZE}",
+                b.image_size
+            ));
+        }
+        if b.taps.len() > 256 {
+            return Err(format!("backbone.taps: {} taps (at most 256)", b.taps.len()));
+        }
+        if let Some(n) = b.dense_blocks {
+            if n > 256 {
+                return Err(format!("backbone.dense_blocks = {n}: at most 256"));
+            }
+        }
+        let f = &self.fusion;
+        if !(f.raw_weight.is_finite() && (0.0..=1.0).contains(&f.raw_weight)) {
+            return Err(format!(
+                "fusion.raw_weight = {}: must be in [0, 1]",
+                f.raw_weight
+            ));
+        }
+        if !(f.sigma.is_finite() && (0.0..=256.0).contains(&f.sigma)) {
+            return Err(format!(
+                "fusion.sigma = {}: must be a number of pixels in [0, 256] (0 = no smoothing)",
+                f.sigma
+            ));
+        }
+        f.image_score.validate()?;
+        let t = &self.temperature;
+        if !(t.init.is_finite() && t.init.abs() <= 20.0) {
+            return Err(format!(
+                "temperature.init = {}: must be a finite log-scale in [-20, 20]",
+                t.init
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The few-shot slot's default kind (experiment files may leave `kind` out).

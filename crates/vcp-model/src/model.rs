@@ -459,6 +459,7 @@ impl VcpModel {
 /// of the built components, see `VcpModel::validate_components`).
 pub fn validate(cfg: &ModelConfig, w: &ClipWeights) -> Result<()> {
     let bad = |m: String| Err(candle_core::Error::Msg(m));
+    cfg.check_values().map_err(candle_core::Error::Msg)?;
     let depth = w.config.vision.layers;
     if cfg.backbone.taps.is_empty() {
         return bad("backbone.taps is empty".into());

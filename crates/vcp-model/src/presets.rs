@@ -49,7 +49,10 @@ fn vcp_fusion() -> FusionConfig {
         upsample: Upsample::BilinearAlignCorners,
         sigma: 8.0,
         normalize: Normalize::PerCategory,
-        image_score: ImageScoreConfig::TopkMean { k: 2000 },
+        image_score: ImageScoreConfig::TopkMean {
+            k: Some(2000),
+            fraction: None,
+        },
     }
 }
 

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use vcp_clip::ClipConfig;
 
+/// ln(100): CLIP's clamp of the logit scale.
+pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
@@ -16,6 +19,92 @@ pub struct PretrainConfig {
     pub train: TrainConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Dense and state terms beside the contrastive one (v2); absent = the plain CLIP objective.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<ObjectiveConfig>,
+    /// Warm start from trained weights instead of a random init.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitConfig>,
+}
+
+/// The v2 objective: `InfoNCE + patch_weight * patch + state_weight * state`.
+/// * patch: per patch token of the last block through `ln_post` and the projection (the
+///   readout zero-shot maps use), logits `s_p * [cos(p, t_normal), cos(p, t_abnormal)]` against
+///   the image's kind's two prompts, upsampled bilinearly (align corners, as the benchmark's
+///   fusion) to the image size, two-way softmax, focal + Dice on both channels against the
+///   corpus's exact defect mask (normal images: all normal). `s_p = exp(tau_p)`, `tau_p` a
+///   parameter of its own (init `patch_scale_init`).
+/// * state: cross-entropy of `state_scale * [cos(g, t_normal), cos(g, t_abnormal)]` on the
+///   global embedding against the image's label.
+///
+/// Kinds in `heldout_kinds` still appear in captions (the contrastive term) but contribute
+/// nothing to the patch and state terms: zero-shot on them stays zero-shot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    #[serde(default = "default_patch_weight")]
+    pub patch_weight: f64,
+    #[serde(default = "default_state_weight")]
+    pub state_weight: f64,
+    /// ln of the patch term's initial logit scale (ln(1/0.07)); learnable.
+    #[serde(default = "default_patch_scale_init")]
+    pub patch_scale_init: f64,
+    /// Fixed logit scale of the state term (1/0.07, AnomalyCLIP's).
+    #[serde(default = "default_state_scale")]
+    pub state_scale: f64,
+    /// `{}` is replaced by the kind.
+    #[serde(default = "default_normal_prompt")]
+    pub normal_prompt: String,
+    #[serde(default = "default_abnormal_prompt")]
+    pub abnormal_prompt: String,
+    /// Kinds kept out of the patch and state terms (the benchmark's unseen domain `beta`).
+    #[serde(default = "default_heldout_kinds")]
+    pub heldout_kinds: Vec<String>,
+}
+
+/// Warm start: `weights` is `tiny_pretrained` (the embedded preset) or a `.safetensors` file
+/// exported by `vcp pretrain-clip`; its architecture must equal `model` except the vision
+/// input size (the positional embedding is then resized, antialiased bicubic).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitConfig {
+    pub weights: String,
+}
+
+fn default_patch_weight() -> f64 {
+    1.0
+}
+fn default_state_weight() -> f64 {
+    0.5
+}
+fn default_patch_scale_init() -> f64 {
+    (1.0f64 / 0.07).ln()
+}
+fn default_state_scale() -> f64 {
+    1.0 / 0.07
+}
+fn default_normal_prompt() -> String {
+    "a photo of a flawless {}".into()
+}
+fn default_abnormal_prompt() -> String {
+    "a photo of a damaged {}".into()
+}
+fn default_heldout_kinds() -> Vec<String> {
+    ["grid", "leather", "tile", "bottle", "capsule"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl ObjectiveConfig {
+    pub fn is_heldout(&self, kind: &str) -> bool {
+        self.heldout_kinds.iter().any(|k| k == kind)
+    }
+    pub fn prompts(&self, kind: &str) -> [String; 2] {
+        [
+            self.normal_prompt.replace("{}", kind),
+            self.abnormal_prompt.replace("{}", kind),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,6 +145,13 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     #[serde(default = "default_eval_every")]
     pub eval_every: usize,
+    /// A final phase at another input size (CLIPA: train small, finish briefly at the size of
+    /// use): the last `final_steps` steps run at `final_size` px, the positional embedding
+    /// resized when the phase starts (its AdamW moments restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_size: Option<usize>,
+    #[serde(default)]
+    pub final_steps: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,7 +252,79 @@ impl PretrainConfig {
         if t.checkpoint_every == 0 || t.eval_every == 0 {
             anyhow::bail!("train.checkpoint_every and train.eval_every must be positive");
         }
+        if let Some(fs) = t.final_size {
+            let p = self.model.vision.patch_size;
+            if fs == 0 || fs % p != 0 || fs > 1024 {
+                anyhow::bail!(
+                    "train.final_size = {fs}: must be a positive multiple of the patch size {p}, at most 1024"
+                );
+            }
+            if t.final_steps == 0 || t.final_steps > t.steps {
+                anyhow::bail!(
+                    "train.final_steps = {}: must be in 1..={} (train.steps) when train.final_size is set",
+                    t.final_steps,
+                    t.steps
+                );
+            }
+        } else if t.final_steps != 0 {
+            anyhow::bail!("train.final_steps needs train.final_size");
+        }
+        if let Some(o) = &self.objective {
+            for (k, v) in [
+                ("objective.patch_weight", o.patch_weight),
+                ("objective.state_weight", o.state_weight),
+            ] {
+                if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+                    anyhow::bail!("{k} = {v}: must be a number in [0, 100]");
+                }
+            }
+            if !(o.patch_scale_init.is_finite() && o.patch_scale_init.abs() <= LOGIT_SCALE_MAX) {
+                anyhow::bail!(
+                    "objective.patch_scale_init = {}: must be a finite log-scale in [-ln 100, ln 100]",
+                    o.patch_scale_init
+                );
+            }
+            if !(o.state_scale.is_finite() && o.state_scale > 0.0 && o.state_scale <= 100.0) {
+                anyhow::bail!(
+                    "objective.state_scale = {}: must be in (0, 100]",
+                    o.state_scale
+                );
+            }
+            for (k, p) in [
+                ("objective.normal_prompt", &o.normal_prompt),
+                ("objective.abnormal_prompt", &o.abnormal_prompt),
+            ] {
+                if p.matches("{}").count() != 1 {
+                    anyhow::bail!("{k} = {p:?}: must contain `{{}}` (the kind) exactly once");
+                }
+            }
+            let kinds = vcp_data::corpus::kinds();
+            for k in &o.heldout_kinds {
+                if !kinds.contains(&k.as_str()) {
+                    anyhow::bail!("objective.heldout_kinds: `{k}` is not a corpus kind");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The architecture at `step`: `model`, at `train.final_size` px during the final phase.
+    pub fn model_at(&self, step: usize) -> ClipConfig {
+        let mut m = self.model.clone();
+        if let Some(fs) = self.train.final_size {
+            if step >= self.final_phase_start() {
+                m.vision.image_size = fs;
+            }
+        }
+        m
+    }
+
+    /// First step (0-based) of the final phase (`train.steps` when there is none).
+    pub fn final_phase_start(&self) -> usize {
+        match self.train.final_size {
+            Some(_) => self.train.steps - self.train.final_steps,
+            None => self.train.steps,
+        }
     }
 
     /// Learning rate at `step` (0-based): linear warm-up, then cosine to `min_lr_ratio * lr`.

@@ -20,6 +20,21 @@ pub struct HeldoutReport {
     pub recall1_i2t: f64,
     pub kind_accuracy: f64,
     pub defect_auroc: f64,
+    /// The same two-prompt image AUROC over samples of kinds the v2 objective supervises
+    /// (`seen`) and of the benchmark's unseen domain `beta` (`heldout`), which only captions
+    /// ever describe.
+    pub image_auroc_seen: f64,
+    pub image_auroc_heldout: f64,
+    /// Pixel AUROC (all pixels of the group's images pooled) of the zero-shot patch readout:
+    /// last-block patch tokens through `ln_post` and the projection, two-prompt softmax at
+    /// CLIP's scale 100, bilinear (align corners) to the image size.
+    pub pixel_auroc_seen: f64,
+    pub pixel_auroc_heldout: f64,
+}
+
+/// The kinds kept out of the v2 patch and state terms by default: the benchmark's `beta`.
+pub fn heldout_kinds() -> [&'static str; 5] {
+    vcp_data::synth::DOMAINS[1].1
 }
 
 pub fn heldout_samples(seed: u64, n: usize, size: usize) -> Vec<CorpusSample> {
@@ -69,7 +84,14 @@ fn argmax_rows(m: &[Vec<f32>]) -> Vec<usize> {
         .collect()
 }
 
-pub fn evaluate(clip: &Clip, samples: &[CorpusSample], device: &Device) -> Result<HeldoutReport> {
+/// `held`: the kinds reported as held out (the objective's `heldout_kinds`; by default
+/// [`heldout_kinds`]).
+pub fn evaluate(
+    clip: &Clip,
+    samples: &[CorpusSample],
+    held: &[&str],
+    device: &Device,
+) -> Result<HeldoutReport> {
     let tok = Tokenizer::clip()?;
     let n = samples.len();
     let img = image_embeddings(clip, samples, device)?;
@@ -122,16 +144,82 @@ pub fn evaluate(clip: &Clip, samples: &[CorpusSample], device: &Device) -> Resul
         scores.push(zero_shot_score(row[2 * k], row[2 * k + 1]));
         labels.push(!s.defects.is_empty());
     }
-    let auroc = vcp_metrics::binary_metrics(&labels, &scores)
-        .auroc
-        .unwrap_or(f64::NAN);
+    let auroc = |sel: &dyn Fn(&CorpusSample) -> bool| {
+        let (l, sc): (Vec<bool>, Vec<f32>) = samples
+            .iter()
+            .zip(labels.iter().zip(&scores))
+            .filter(|(s, _)| sel(s))
+            .map(|(_, (l, s))| (*l, *s))
+            .unzip();
+        vcp_metrics::binary_metrics(&l, &sc)
+            .auroc
+            .unwrap_or(f64::NAN)
+    };
+    let is_held = |s: &CorpusSample| held.contains(&s.kind);
+    let (px_seen, px_held) = pixel_aurocs(clip, samples, &st, &kinds, held, device)?;
     Ok(HeldoutReport {
         n,
         recall1_t2i: r_t2i,
         recall1_i2t: r_i2t,
         kind_accuracy: kind_acc,
-        defect_auroc: auroc,
+        defect_auroc: auroc(&|_| true),
+        image_auroc_seen: auroc(&|s| !is_held(s)),
+        image_auroc_heldout: auroc(&is_held),
+        pixel_auroc_seen: px_seen,
+        pixel_auroc_heldout: px_held,
     })
+}
+
+/// Pixel AUROC of the zero-shot patch readout over seen and held-out kinds.
+/// `state_emb`: `[2 * kinds, D]` normalised (flawless, damaged) per kind, in `kinds` order.
+fn pixel_aurocs(
+    clip: &Clip,
+    samples: &[CorpusSample],
+    state_emb: &Tensor,
+    kinds: &[&'static str],
+    held: &[&str],
+    device: &Device,
+) -> Result<(f64, f64)> {
+    let s = clip.vision.image_size();
+    let depth = clip.vision.depth();
+    let (mut seen, mut heldout) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for chunk in samples.chunks(32) {
+        let px = Tensor::from_vec(pixels_of(chunk), (chunk.len(), 3, s, s), device)?;
+        let out = clip.vision.forward(&px, &[depth])?;
+        let tokens = &out.layers[0].1;
+        let g2 = tokens.dim(1)? - 1;
+        let patches = clip.vision.post_project(&tokens.narrow(1, 1, g2)?)?.detach();
+        // Every sample takes part here; kinds index the full prompt table.
+        let t = crate::objective::DenseTargets {
+            rows: (0..chunk.len() as u32).collect(),
+            kind_index: chunk
+                .iter()
+                .map(|c| kinds.iter().position(|k| *k == c.kind).unwrap_or(0) as u32)
+                .collect(),
+            prompt_kinds: kinds.to_vec(),
+            labels: vec![],
+            masks: vec![],
+            size: s,
+        };
+        let maps = crate::objective::anomaly_maps(&patches, state_emb, 100f64.ln(), &t)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (i, c) in chunk.iter().enumerate() {
+            let dst = if held.contains(&c.kind) {
+                &mut heldout
+            } else {
+                &mut seen
+            };
+            dst.0.extend_from_slice(&c.mask);
+            dst.1.extend_from_slice(&maps[i * s * s..(i + 1) * s * s]);
+        }
+    }
+    let au = |(l, sc): &(Vec<bool>, Vec<f32>)| {
+        vcp_metrics::binary_metrics(l, sc)
+            .auroc
+            .unwrap_or(f64::NAN)
+    };
+    Ok((au(&seen), au(&heldout)))
 }
 
 /// WinCLIP-style score: softmax over the two prompts' cosines at CLIP's scale 100, abnormal

@@ -4,11 +4,13 @@
 //! procedural caption corpus of [`vcp_data::corpus`], on candle, CPU or CUDA.
 //! * [`config`]: the TOML recipe (`experiments/pretrain_tiny_clip.toml`), strict.
 //! * [`trainer`]: InfoNCE, AdamW with warm-up + cosine, checkpoints, resume, export.
+//! * [`objective`]: the v2 patch and state terms (dense text-patch alignment against masks).
 //! * [`heldout`]: retrieval, kind accuracy and zero-shot defect AUROC on held-out pairs.
 //! * [`run`]: the loop of `vcp pretrain-clip` (prefetched batches, progress, Ctrl-C, logs).
 
 pub mod config;
 pub mod heldout;
+pub mod objective;
 pub mod run;
 pub mod trainer;
 

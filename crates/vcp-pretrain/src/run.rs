@@ -80,11 +80,12 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let flag = install_interrupt();
     let total = cfg.train.steps;
     let start_step = tr.step;
-    let heldout = heldout::heldout_samples(
-        cfg.corpus.seed,
-        cfg.eval.heldout,
-        cfg.model.vision.image_size,
-    );
+    let held_kinds: Vec<&str> = match &cfg.objective {
+        Some(o) => o.heldout_kinds.iter().map(String::as_str).collect(),
+        None => heldout::heldout_kinds().to_vec(),
+    };
+    // Held-out pairs at the input size of the current phase (regenerated when it changes).
+    let mut heldout: (usize, Vec<vcp_data::corpus::CorpusSample>) = (0, Vec::new());
 
     // Producer: batches of the coming steps, two ahead.
     let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Batch>)>(2);
@@ -132,14 +133,14 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         debug_assert_eq!(s, tr.step);
         let batch = batch?;
         let ts = Instant::now();
-        let loss = tr.train_step(&batch);
-        let loss = match loss {
-            Ok(l) => l,
+        let report = match tr.train_step_parts(&batch) {
+            Ok(r) => r,
             Err(e) => {
                 bar.abandon();
                 return Err(e);
             }
         };
+        let loss = report.total_value;
         let dt = ts.elapsed().as_secs_f64();
         let rate = batch.n as f64 / dt.max(1e-9);
         ema_rate = if ema_rate == 0.0 {
@@ -151,13 +152,17 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let ls = tr.logit_scale()?;
         append(
             &log,
-            "step,loss,lr,logit_scale,img_per_s,wall_s",
+            "step,loss,lr,logit_scale,img_per_s,wall_s,contrastive,patch,state,patch_scale",
             &format!(
-                "{},{loss:.5},{:.3e},{:.3},{rate:.1},{:.1}",
+                "{},{loss:.5},{:.3e},{:.3},{rate:.1},{:.1},{:.5},{:.5},{:.5},{:.3}",
                 tr.step,
                 cfg.lr_at(tr.step - 1),
                 ls.exp(),
-                t0.elapsed().as_secs_f64()
+                t0.elapsed().as_secs_f64(),
+                report.contrastive,
+                report.patch,
+                report.state,
+                tr.patch_logit_scale().map(f32::exp).unwrap_or(0.0),
             ),
         )?;
         bar.set_message(format!(
@@ -170,18 +175,33 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         if tr.step % cfg.train.eval_every == 0 || tr.step == total {
             let clip = tr.model()?;
-            let r = heldout::evaluate(&clip, &heldout, &tr.device)?;
+            let size = clip.vision.image_size();
+            if heldout.0 != size {
+                heldout = (
+                    size,
+                    heldout::heldout_samples(cfg.corpus.seed, cfg.eval.heldout, size),
+                );
+            }
+            let r = heldout::evaluate(&clip, &heldout.1, &held_kinds, &tr.device)?;
             append(
                 &out.join("heldout.csv"),
-                "step,recall1_t2i,recall1_i2t,kind_accuracy,defect_auroc",
+                "step,recall1_t2i,recall1_i2t,kind_accuracy,defect_auroc,image_auroc_seen,image_auroc_heldout,pixel_auroc_seen,pixel_auroc_heldout,size",
                 &format!(
-                    "{},{:.4},{:.4},{:.4},{:.4}",
-                    tr.step, r.recall1_t2i, r.recall1_i2t, r.kind_accuracy, r.defect_auroc
+                    "{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{size}",
+                    tr.step,
+                    r.recall1_t2i,
+                    r.recall1_i2t,
+                    r.kind_accuracy,
+                    r.defect_auroc,
+                    r.image_auroc_seen,
+                    r.image_auroc_heldout,
+                    r.pixel_auroc_seen,
+                    r.pixel_auroc_heldout
                 ),
             )?;
             bar.println(format!(
-                "step {}: loss {loss:.3}, held-out R@1 t2i {:.3} i2t {:.3}, kind acc {:.3}, defect AUROC {:.3}",
-                tr.step, r.recall1_t2i, r.recall1_i2t, r.kind_accuracy, r.defect_auroc
+                "step {}: loss {loss:.3}, held-out R@1 t2i {:.3}, kind acc {:.3}, image AUROC seen {:.3} held-out {:.3}, pixel AUROC seen {:.3} held-out {:.3}",
+                tr.step, r.recall1_t2i, r.kind_accuracy, r.image_auroc_seen, r.image_auroc_heldout, r.pixel_auroc_seen, r.pixel_auroc_heldout
             ));
         }
     }

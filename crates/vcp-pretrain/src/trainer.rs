@@ -14,9 +14,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use vcp_clip::{Clip, ClipOptions, ClipWeights, Kernels, Tokenizer};
 use vcp_data::corpus::{self, CorpusSample};
+use crate::objective::{self, DenseTargets};
 
-/// ln(100): CLIP's clamp of the logit scale.
-pub const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_092;
+pub use crate::config::LOGIT_SCALE_MAX;
+
+/// The patch term's own learnable log-scale (not a CLIP tensor: kept in checkpoints, never
+/// exported).
+pub const PATCH_SCALE: &str = "patch_logit_scale";
+
+/// The vision tower's positional embedding (resized when the input size changes).
+const VISION_POS: &str = "vision_model.embeddings.position_embedding.weight";
 
 /// One trainable tensor and its optimiser state.
 pub struct Param {
@@ -36,6 +43,19 @@ pub struct Batch {
     /// `[B, C]` token ids.
     pub ids: Vec<u32>,
     pub n: usize,
+    /// Input size of the images.
+    pub size: usize,
+    /// Patch and state targets (with `[objective]` only).
+    pub dense: Option<DenseTargets>,
+}
+
+/// The loss of a batch and its terms, each differentiable (`patch`/`state` unweighted, `None`
+/// without `[objective]` or when no row of the batch takes part).
+pub struct LossParts {
+    pub total: Tensor,
+    pub contrastive: Tensor,
+    pub patch: Option<Tensor>,
+    pub state: Option<Tensor>,
 }
 
 pub struct Trainer {
@@ -72,9 +92,40 @@ pub fn l2norm(x: &Tensor) -> Result<Tensor> {
 impl Trainer {
     /// Fresh weights (CLIP-style random init from `train.seed`), zero optimiser state.
     pub fn new(cfg: PretrainConfig, device: Device) -> Result<Self> {
-        let w = ClipWeights::random(&cfg.model, cfg.train.seed, &device)?;
-        let tensors: HashMap<String, Tensor> = w.tensors().clone();
+        let mut tensors: HashMap<String, Tensor> = match &cfg.init {
+            None => ClipWeights::random(&cfg.model, cfg.train.seed, &device)?
+                .tensors()
+                .clone(),
+            Some(init) => warm_start(&init.weights, &cfg.model_at(0))?,
+        };
+        if let Some(o) = &cfg.objective {
+            tensors.insert(
+                PATCH_SCALE.into(),
+                Tensor::new(&[o.patch_scale_init as f32], &Device::Cpu)?,
+            );
+        }
         Self::from_tensors(cfg, device, tensors, None)
+    }
+
+    /// When the step enters the final phase, resize the positional embedding to the phase's
+    /// input size (its AdamW moments restart: they belong to the old grid).
+    fn enter_phase(&mut self) -> Result<()> {
+        let want = self.cfg.model_at(self.step).vision;
+        let rows = (want.image_size / want.patch_size).pow(2) + 1;
+        let Some(p) = self.params.iter_mut().find(|p| p.name == VISION_POS) else {
+            return Ok(());
+        };
+        let have = p.var.as_tensor().dim(0)?;
+        if have != rows {
+            let g0 = ((have - 1) as f64).sqrt().round() as usize;
+            let g1 = want.image_size / want.patch_size;
+            let t = vcp_clip::resize_pos_embed(&p.var.as_tensor().to_device(&Device::Cpu)?, g0, g1)?
+                .to_device(&self.device)?;
+            p.m = t.zeros_like()?;
+            p.v = t.zeros_like()?;
+            p.var = Var::from_tensor(&t)?;
+        }
+        Ok(())
     }
 
     fn from_tensors(
@@ -99,7 +150,7 @@ impl Trainer {
                 ),
                 None => (t.zeros_like()?, t.zeros_like()?),
             };
-            let is_ls = name == "logit_scale";
+            let is_ls = name == "logit_scale" || name == PATCH_SCALE;
             params.push(Param {
                 decay: t.rank() >= 2,
                 lr_mult: if is_ls {
@@ -127,9 +178,13 @@ impl Trainer {
         let tensors = self
             .params
             .iter()
+            .filter(|p| p.name != PATCH_SCALE)
             .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
             .collect();
-        Ok(ClipWeights::from_tensors(self.cfg.model.clone(), tensors)?)
+        Ok(ClipWeights::from_tensors(
+            self.cfg.model_at(self.step),
+            tensors,
+        )?)
     }
 
     /// Both towers built from the variables, differentiable kernels, native input size.
@@ -144,12 +199,31 @@ impl Trainer {
     }
 
     pub fn logit_scale(&self) -> Result<f32> {
+        self.scalar_param("logit_scale")
+    }
+
+    /// ln of the patch term's scale (`None` without `[objective]`).
+    pub fn patch_logit_scale(&self) -> Option<f32> {
+        self.scalar_param(PATCH_SCALE).ok()
+    }
+
+    fn scalar_param(&self, name: &str) -> Result<f32> {
         let p = self
             .params
             .iter()
-            .find(|p| p.name == "logit_scale")
-            .context("no logit_scale parameter")?;
+            .find(|p| p.name == name)
+            .with_context(|| format!("no {name} parameter"))?;
         Ok(p.var.as_tensor().flatten_all()?.to_vec1::<f32>()?[0])
+    }
+
+    fn param(&self, name: &str) -> Result<&Tensor> {
+        Ok(self
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no {name} parameter"))?
+            .var
+            .as_tensor())
     }
 
     /// Batch of training step `step`: deterministic in (corpus seed, step), so a resumed run
@@ -160,31 +234,107 @@ impl Trainer {
 
     /// Image and text embeddings of a host batch (not normalised).
     pub fn embed(&self, clip: &Clip, batch: &Batch) -> Result<(Tensor, Tensor)> {
-        let s = self.cfg.model.vision.image_size;
+        let e = self.embed_all(clip, batch, false)?;
+        Ok((e.global, e.captions))
+    }
+
+    /// Everything the loss reads, in one pass of each tower: the global image embeddings, the
+    /// captions' embeddings, and with `dense` the projected last-block patch tokens of the
+    /// rows taking part and the prompt pairs of their kinds (encoded with the captions).
+    fn embed_all(&self, clip: &Clip, batch: &Batch, dense: bool) -> Result<Embedded> {
+        let s = batch.size;
         let ctx = self.cfg.model.text.context_length;
         let pixels = Tensor::from_slice(&batch.pixels, (batch.n, 3, s, s), &self.device)?;
-        let ids = Tensor::from_slice(&batch.ids, (batch.n, ctx), &self.device)?;
-        let img = clip.vision.forward(&pixels, &[])?.global;
+        let depth = self.cfg.model.vision.layers;
+        let targets = batch.dense.as_ref().filter(|t| dense && !t.is_empty());
+        let taps: &[usize] = if targets.is_some() { &[depth] } else { &[] };
+        let out = clip.vision.forward(&pixels, taps)?;
+        let mut ids = batch.ids.clone();
+        let mut n_text = batch.n;
+        if let (Some(t), Some(o)) = (targets, &self.cfg.objective) {
+            let prompts: Vec<String> = t.prompt_kinds.iter().flat_map(|k| o.prompts(k)).collect();
+            ids.extend(ids_of(&self.tokenizer, &prompts, ctx)?);
+            n_text += prompts.len();
+        }
+        let ids = Tensor::from_vec(ids, (n_text, ctx), &self.device)?;
         let txt = clip.text.forward_ids(&ids)?;
-        Ok((img, txt))
+        let captions = txt.narrow(0, 0, batch.n)?;
+        let (patches, prompts) = match targets {
+            Some(t) => {
+                let tokens = &out.layers[0].1; // [B, 1 + g*g, W]
+                let rows = Tensor::from_slice(&t.rows, t.rows.len(), &self.device)?;
+                let g2 = tokens.dim(1)? - 1;
+                let patch = tokens.index_select(&rows, 0)?.narrow(1, 1, g2)?;
+                let patch = clip.vision.post_project(&patch)?; // [R, g*g, D]
+                (
+                    Some(patch),
+                    Some(txt.narrow(0, batch.n, n_text - batch.n)?),
+                )
+            }
+            None => (None, None),
+        };
+        Ok(Embedded {
+            global: out.global,
+            captions,
+            patches,
+            prompts,
+        })
     }
 
     /// The loss of a batch with the current weights.
     pub fn loss(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(self.loss_parts(batch)?.total)
+    }
+
+    /// The loss and its terms: InfoNCE, and with `[objective]` the weighted patch and state
+    /// terms over the rows whose kind is not held out.
+    pub fn loss_parts(&self, batch: &Batch) -> Result<LossParts> {
         let clip = self.model()?;
-        let (img, txt) = self.embed(&clip, batch)?;
-        let ls = self
-            .params
-            .iter()
-            .find(|p| p.name == "logit_scale")
-            .context("no logit_scale parameter")?;
-        clip_loss(&img, &txt, ls.var.as_tensor())
+        let e = self.embed_all(&clip, batch, self.cfg.objective.is_some())?;
+        let contrastive = clip_loss(&e.global, &e.captions, self.param("logit_scale")?)?;
+        let mut parts = LossParts {
+            total: contrastive.clone(),
+            contrastive,
+            patch: None,
+            state: None,
+        };
+        if let (Some(o), Some(t), Some(patches), Some(prompts)) =
+            (&self.cfg.objective, &batch.dense, &e.patches, &e.prompts)
+        {
+            let patch = objective::patch_loss(patches, prompts, self.param(PATCH_SCALE)?, t)?;
+            let rows = Tensor::from_slice(&t.rows, t.rows.len(), &self.device)?;
+            let global = e.global.index_select(&rows, 0)?;
+            let state = objective::state_loss(&global, prompts, o.state_scale, t)?;
+            parts.total =
+                ((parts.total + (&patch * o.patch_weight)?)? + (&state * o.state_weight)?)?;
+            parts.patch = Some(patch);
+            parts.state = Some(state);
+        }
+        Ok(parts)
     }
 
     /// One optimisation step on `batch`; returns the loss before the update. A NaN/inf loss or
     /// gradient is an error naming the step (the weights are left as they were).
     pub fn train_step(&mut self, batch: &Batch) -> Result<f32> {
-        let loss = self.loss(batch)?;
+        Ok(self.train_step_parts(batch)?.total_value)
+    }
+
+    /// [`Self::train_step`] with the loss's terms.
+    pub fn train_step_parts(&mut self, batch: &Batch) -> Result<StepReport> {
+        self.enter_phase()?;
+        let parts = self.loss_parts(batch)?;
+        let scalar = |t: Option<&Tensor>| -> Result<f32> {
+            match t {
+                Some(t) => Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()?),
+                None => Ok(0.0),
+            }
+        };
+        let (contrastive, patch, state) = (
+            scalar(Some(&parts.contrastive))?,
+            scalar(parts.patch.as_ref())?,
+            scalar(parts.state.as_ref())?,
+        );
+        let loss = parts.total;
         let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         if !value.is_finite() {
             bail!(
@@ -239,14 +389,19 @@ impl Trainer {
             let (m, v, w) = it.next().expect("one update per parameter with a gradient");
             p.m = m;
             p.v = v;
-            if p.name == "logit_scale" {
+            if p.name == "logit_scale" || p.name == PATCH_SCALE {
                 p.var.set(&w.clamp(0.0, LOGIT_SCALE_MAX)?)?;
             } else {
                 p.var.set(&w)?;
             }
         }
         self.step += 1;
-        Ok(value)
+        Ok(StepReport {
+            total_value: value,
+            contrastive,
+            patch,
+            state,
+        })
     }
 
     /// Names of parameters the last loss gives no gradient to (should be none).
@@ -337,8 +492,32 @@ impl Trainer {
             }
         }
         // Strictly the architecture's tensors, with their shapes.
-        ClipWeights::from_tensors(cfg.model.clone(), params.clone())
+        let mut clip_part = params.clone();
+        let extra = clip_part.remove(PATCH_SCALE);
+        if extra.is_some() != cfg.objective.is_some() {
+            bail!(
+                "{}: the checkpoint was trained {} an [objective]; the config has {}",
+                spath.display(),
+                if extra.is_some() { "with" } else { "without" },
+                if cfg.objective.is_some() { "one" } else { "none" }
+            );
+        }
+        ClipWeights::from_tensors(cfg.model_at(step), clip_part)
             .map_err(|e| anyhow::anyhow!("{}: {e}", spath.display()))?;
+        for (name, t) in &params {
+            for moment in ["adam_m", "adam_v"] {
+                if let Some(m) = all.get(&format!("{moment}/{name}")) {
+                    if m.dims() != t.dims() {
+                        bail!(
+                            "{}: `{moment}/{name}` has shape {:?}, its parameter {:?}",
+                            spath.display(),
+                            m.dims(),
+                            t.dims()
+                        );
+                    }
+                }
+            }
+        }
         let mut tr = Self::from_tensors(cfg, device, params, Some(&all))
             .map_err(|e| anyhow::anyhow!("{}: {e}", spath.display()))?;
         tr.step = step;
@@ -351,7 +530,7 @@ impl Trainer {
         std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
         let name = &self.cfg.name;
         let mut t = HashMap::new();
-        for p in &self.params {
+        for p in self.params.iter().filter(|p| p.name != PATCH_SCALE) {
             t.insert(
                 p.name.clone(),
                 p.var
@@ -368,11 +547,12 @@ impl Trainer {
             .with_context(|| format!("{}: cannot write", st.display()))?;
         // The numbers a user can check: computed here from the exported (f16) file exactly as
         // `card_check` recomputes them from the embedded preset.
-        let exported = load_exported(&st, &self.cfg.model)?;
+        let model = self.cfg.model_at(self.step);
+        let exported = load_exported(&st, &model)?;
         let check = card_check(&exported, self.cfg.corpus.seed)?;
         let meta = serde_json::json!({
             "name": name,
-            "config": self.cfg.model,
+            "config": model,
             "steps": self.step,
             "corpus_version": corpus::CORPUS_VERSION,
             "corpus_seed": self.cfg.corpus.seed,
@@ -401,7 +581,7 @@ pub fn card_check(w: &ClipWeights, corpus_seed: u64) -> Result<crate::heldout::H
     )?;
     let samples =
         crate::heldout::heldout_samples(corpus_seed, CARD_SPLIT, w.config.vision.image_size);
-    crate::heldout::evaluate(&clip, &samples, &Device::Cpu)
+    crate::heldout::evaluate(&clip, &samples, &crate::heldout::heldout_kinds(), &Device::Cpu)
 }
 
 /// All tensors of a safetensors file on the CPU; errors name the file on one line.
@@ -582,17 +762,77 @@ pub fn ids_of(tok: &Tokenizer, texts: &[String], ctx: usize) -> Result<Vec<u32>>
 
 pub fn make_batch(cfg: &PretrainConfig, tok: &Tokenizer, step: usize) -> Result<Batch> {
     let n = cfg.train.batch_size;
-    let samples = corpus::batch(
-        cfg.corpus.seed,
-        step as u64,
-        n,
-        cfg.corpus.pairs,
-        cfg.model.vision.image_size,
-    );
+    let size = cfg.model_at(step).vision.image_size;
+    let samples = corpus::batch(cfg.corpus.seed, step as u64, n, cfg.corpus.pairs, size);
     let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
     Ok(Batch {
         pixels: pixels_of(&samples),
         ids: ids_of(tok, &captions, cfg.model.text.context_length)?,
         n,
+        size,
+        dense: cfg
+            .objective
+            .as_ref()
+            .map(|o| DenseTargets::build(&samples, |k| o.is_heldout(k))),
     })
+}
+
+/// What one step reports: the loss before the update and its terms.
+pub struct StepReport {
+    pub total_value: f32,
+    pub contrastive: f32,
+    pub patch: f32,
+    pub state: f32,
+}
+
+struct Embedded {
+    global: Tensor,
+    captions: Tensor,
+    patches: Option<Tensor>,
+    prompts: Option<Tensor>,
+}
+
+/// Warm-start tensors from `weights` (`tiny_pretrained` or an exported `.safetensors` with its
+/// `.json` beside it), checked against `model` (equal but for the vision input size; the
+/// positional embedding is resized to `model`'s).
+fn warm_start(weights: &str, model: &vcp_clip::ClipConfig) -> Result<HashMap<String, Tensor>> {
+    let w = if weights == vcp_clip::pretrained::TINY_PRETRAINED {
+        vcp_clip::pretrained::tiny_pretrained(&Device::Cpu)?
+    } else {
+        let path = Path::new(weights);
+        let json = path.with_extension("json");
+        let text = std::fs::read_to_string(&json).with_context(|| {
+            format!(
+                "init.weights: {} (the configuration exported beside the weights)",
+                json.display()
+            )
+        })?;
+        let meta: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
+        let cfg: vcp_clip::ClipConfig = serde_json::from_value(
+            meta.get("config")
+                .cloned()
+                .with_context(|| format!("{}: no `config`", json.display()))?,
+        )
+        .map_err(|e| anyhow::anyhow!("{}: config: {e}", json.display()))?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
+        load_exported(path, &cfg)?
+    };
+    let mut same = w.config.clone();
+    same.vision.image_size = model.vision.image_size;
+    if &same != model {
+        bail!(
+            "init.weights `{weights}` is of another architecture than `model` ({})",
+            first_difference(&same, model)
+        );
+    }
+    let mut t: HashMap<String, Tensor> = w.tensors().clone();
+    let (g0, g1) = (w.config.vision.native_grid(), model.vision.native_grid());
+    if g0 != g1 {
+        let pos = t.get(VISION_POS).context("no vision positional embedding")?;
+        let r = vcp_clip::resize_pos_embed(pos, g0, g1)?;
+        t.insert(VISION_POS.into(), r);
+    }
+    Ok(t)
 }

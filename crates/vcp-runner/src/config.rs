@@ -181,6 +181,15 @@ impl ExperimentConfig {
                 .unwrap_or_default();
             format!("{}: {msg}{line}", path.display())
         })?;
+        model.check_values().map_err(|msg| {
+            let key = msg.split(" = ").next().unwrap_or("");
+            let leaf = key.rsplit('.').next().unwrap_or(key);
+            let from = table_start(text, key.split('.').next().unwrap_or(""));
+            let line = key_line(text, leaf, from)
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            format!("{}: {msg}{line}", path.display())
+        })?;
         Ok(Self {
             prompt: model.prompt,
             deep_prompt: model.deep_prompt,

@@ -99,6 +99,51 @@ fn header(name: &str, out: &str, o: &SlurmOptions, gpu: bool) -> String {
     h
 }
 
+/// A value that goes into a script must stay on its line: a newline (or any other control
+/// character) in an `#SBATCH` comment line would end it, and the next line would run as a
+/// command on the compute node.
+fn check_script_value(what: &str, value: &str) -> Result<()> {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        bail!(
+            "{what} {value:?} contains the control character {:?}; nothing was written or submitted",
+            c
+        );
+    }
+    Ok(())
+}
+
+/// Everything a user typed that goes into the scripts, checked before anything is written.
+pub fn validate(cmds: &Commands, exp_dir: &Path, name: &str, o: &SlurmOptions) -> Result<()> {
+    for (what, v) in [
+        ("--partition", &o.partition),
+        ("--gres", &o.gres),
+        ("--time", &o.time),
+    ] {
+        if let Some(v) = v {
+            check_script_value(what, v)?;
+        }
+    }
+    for a in &o.sbatch_args {
+        check_script_value("--sbatch-arg", a)?;
+        if !a.starts_with('-') {
+            bail!(
+                "--sbatch-arg `{a}`: expected one sbatch option such as --mem=16G or --account=abc"
+            );
+        }
+    }
+    if o.array_parallelism == Some(0) {
+        bail!("--array-parallelism must be at least 1");
+    }
+    check_script_value("the experiment name", name)?;
+    check_script_value("the results folder", &exp_dir.display().to_string())?;
+    check_script_value("the working directory", &cmds.cwd.display().to_string())?;
+    check_script_value("the vcp binary's path", &cmds.exe.display().to_string())?;
+    for a in cmds.ablate_args.iter().chain(cmds.report_args) {
+        check_script_value("the argument", a)?;
+    }
+    Ok(())
+}
+
 /// Write the scripts for `runs` (the runs that need work) into a new folder under
 /// `exp_dir/slurm/` and, unless a dry run, submit the array and the collector.
 pub fn submit(
@@ -111,17 +156,18 @@ pub fn submit(
     if runs.is_empty() {
         bail!("nothing to submit: every run of {name} has a record or is running");
     }
-    for a in &o.sbatch_args {
-        if !a.starts_with('-') || a.contains('\n') {
-            bail!(
-                "--sbatch-arg `{a}`: expected one sbatch option such as --mem=16G or --account=abc"
-            );
-        }
+    validate(cmds, exp_dir, name, o)?;
+    let (sbatch, scancel) = tools(o)?;
+    let sub = write_scripts(cmds, runs, exp_dir, name, o)?;
+    if o.dry_run {
+        return Ok(sub);
     }
-    if o.array_parallelism == Some(0) {
-        bail!("--array-parallelism must be at least 1");
-    }
-    let (sbatch, scancel) = if o.dry_run {
+    submit_jobs(sub, &sbatch, &scancel)
+}
+
+/// `sbatch` and `scancel` (names only for a dry run); the controller must answer `scontrol ping`.
+fn tools(o: &SlurmOptions) -> Result<(PathBuf, PathBuf)> {
+    Ok(if o.dry_run {
         (PathBuf::from("sbatch"), PathBuf::from("scancel"))
     } else {
         let sbatch = find_on_path("sbatch").context(
@@ -143,7 +189,17 @@ pub fn submit(
             sbatch,
             find_on_path("scancel").unwrap_or_else(|| "scancel".into()),
         )
-    };
+    })
+}
+
+/// `runs.txt`, `array.sh` and `collect.sh` in a new submission folder.
+fn write_scripts(
+    cmds: &Commands,
+    runs: &[&RunSpec],
+    exp_dir: &Path,
+    name: &str,
+    o: &SlurmOptions,
+) -> Result<Submission> {
     let stamp = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
         .format("%Y%m%dT%H%M%SZ");
     let dir = exp_dir
@@ -165,9 +221,12 @@ pub fn submit(
     let mut array_script = header(&format!("vcp-{name}"), &d("task-%A_%a.out"), o, true);
     array_script += &format!("#SBATCH --array={array}\n");
     array_script += &format!(
-        "# Written by `{}`.\n# One task per line of runs.txt; resubmit all with `sbatch {}` (runs with a record are skipped),\n# or only what still needs work by running the same `vcp ablate ... --slurm` again.\nset -euo pipefail\ncd {}\nexec {exe} ablate {} --worker --run-list {} --run-index \"$SLURM_ARRAY_TASK_ID\"\n",
-        cmds.submitted_by.replace('\n', " "),
-        d("array.sh"),
+        "# Written by `{}`.\n# One task per line of runs.txt; resubmit all with `sbatch array.sh` in this folder (runs with a record are skipped),\n# or only what still needs work by running the same `vcp ablate ... --slurm` again.\nset -euo pipefail\ncd {}\nexec {exe} ablate {} --worker --run-list {} --run-index \"$SLURM_ARRAY_TASK_ID\"\n",
+        // A comment line: no control character may end it early.
+        cmds.submitted_by
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>(),
         sh_quote(&cmds.cwd.display().to_string()),
         ablate.join(" "),
         sh_quote(&d("runs.txt")),
@@ -184,18 +243,20 @@ pub fn submit(
     );
     vcp_data::io::write_atomic(&dir.join("array.sh"), array_script.as_bytes())?;
     vcp_data::io::write_atomic(&dir.join("collect.sh"), collect_script.as_bytes())?;
-    let mut sub = Submission {
-        dir: dir.clone(),
+    Ok(Submission {
+        dir,
         array_script,
         collect_script,
         runs: n,
         array_job: None,
         collect_job: None,
-    };
-    if o.dry_run {
-        return Ok(sub);
-    }
-    let out = Command::new(&sbatch)
+    })
+}
+
+/// Submit the array, then the collector after it (`afterany`); all or nothing.
+fn submit_jobs(mut sub: Submission, sbatch: &Path, scancel: &Path) -> Result<Submission> {
+    let dir = sub.dir.clone();
+    let out = Command::new(sbatch)
         .arg("--parsable")
         .arg(dir.join("array.sh"))
         .output()
@@ -212,7 +273,7 @@ pub fn submit(
         .next()
         .unwrap_or("")
         .to_string();
-    let out = Command::new(&sbatch)
+    let out = Command::new(sbatch)
         .arg("--parsable")
         .arg(format!("--dependency=afterany:{array_id}"))
         .arg(dir.join("collect.sh"))
@@ -220,7 +281,7 @@ pub fn submit(
         .context("running sbatch")?;
     if !out.status.success() {
         // All or nothing: withdraw the array.
-        let _ = Command::new(&scancel).arg(&array_id).status();
+        let _ = Command::new(scancel).arg(&array_id).status();
         bail!(
             "sbatch refused the collector job ({}); the array job {array_id} was cancelled, nothing is left submitted",
             first_line(&[out.stderr, out.stdout].concat())

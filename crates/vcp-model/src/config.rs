@@ -210,6 +210,42 @@ pub struct ModelConfig {
     /// Few-shot references (`kind` may be left out: `references`); absent = zero-shot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fewshot: Option<SlotConfig>,
+    /// Training-loss terms beyond VCP-CLIP's (absent = VCP-CLIP's focal + Dice per map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossConfig>,
+}
+
+/// The training loss's terms. VCP-CLIP (absent table): per map, focal + Dice(anomalous, mask).
+/// AnomalyCLIP's `train.py`: `4 x` per map (focal + Dice(anomalous, mask) + Dice(normal,
+/// 1 - mask)) plus the image-level cross-entropy of `[cos(g, t_n), cos(g, t_a)] / 0.07`
+/// (`g` the normalised global embedding, the scale is the model's text-patch temperature).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    /// Factor on the sum of the map terms (AnomalyCLIP's `lam = 4`).
+    #[serde(default = "one")]
+    pub map_weight: f64,
+    /// Also Dice(normal channel, 1 - mask) on every map.
+    #[serde(default)]
+    pub normal_dice: bool,
+    /// Weight of the image-level cross-entropy of the class token against the two text
+    /// embeddings (0 = off); needs a head without its own image logit.
+    #[serde(default)]
+    pub image_ce: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            map_weight: 1.0,
+            normal_dice: false,
+            image_ce: 0.0,
+        }
+    }
 }
 
 /// Largest input size a backbone runs at (the paper's 518 is far inside; larger sizes only
@@ -226,6 +262,13 @@ impl ModelConfig {
                 "backbone.image_size = {}: must be in 1..={MAX_IMAGE_SIZE}",
                 b.image_size
             ));
+        }
+        if let Some(l) = &self.loss {
+            for (k, v) in [("loss.map_weight", l.map_weight), ("loss.image_ce", l.image_ce)] {
+                if !(v.is_finite() && (0.0..=1000.0).contains(&v)) {
+                    return Err(format!("{k} = {v}: must be a number in [0, 1000]"));
+                }
+            }
         }
         if b.taps.len() > 256 {
             return Err(format!("backbone.taps: {} taps (at most 256)", b.taps.len()));

@@ -350,15 +350,23 @@ impl VcpModel {
         })
     }
 
-    /// Focal + Dice on every map of every layer and branch (reference train.py), with named terms.
+    /// Focal + Dice on every map of every layer and branch (reference train.py), with named
+    /// terms; `[loss]` adds AnomalyCLIP's terms (Dice on the normal channel, a factor on the map
+    /// terms, the image-level cross-entropy of the class token).
     ///
     /// # Shapes
     /// `gt`: [B, S, S] in {0, 1}.
     pub fn loss(&self, lg: &Logits, gt: &Tensor) -> Result<(Tensor, Vec<(String, f32)>)> {
         let size = gt.dim(1)?;
+        let lc = self.cfg.loss.clone().unwrap_or_default();
         let mut total: Option<Tensor> = None;
         let mut terms = Vec::new();
         let taps = &self.cfg.backbone.taps;
+        let not_gt = if lc.normal_dice {
+            Some(gt.affine(-1.0, 1.0)?)
+        } else {
+            None
+        };
         for (branch, maps) in [("raw", &lg.raw), ("post", &lg.refined)] {
             for (l, logits) in maps.iter().enumerate() {
                 let p = probs(logits, size, self.cfg.fusion.upsample)?;
@@ -372,7 +380,15 @@ impl VcpModel {
                     format!("{branch}.dice.layer{:02}", taps[l]),
                     dl.to_scalar::<f32>()?,
                 ));
-                let s = (fl + dl)?;
+                let mut s = (fl + dl)?;
+                if let Some(ng) = &not_gt {
+                    let dn = crate::loss::dice(&p.narrow(1, 0, 1)?.squeeze(1)?, ng)?;
+                    terms.push((
+                        format!("{branch}.dice_normal.layer{:02}", taps[l]),
+                        dn.to_scalar::<f32>()?,
+                    ));
+                    s = (s + dn)?;
+                }
                 total = Some(match total {
                     Some(t) => (t + s)?,
                     None => s,
@@ -380,16 +396,26 @@ impl VcpModel {
             }
         }
         let mut total = total.expect("at least one map");
-        if lg.head_image_logit {
-            // Image-level BCE on the head's own logit: label = the mask has an anomalous pixel.
-            let label = gt
-                .flatten_from(1)?
+        if lc.map_weight != 1.0 {
+            total = (total * lc.map_weight)?;
+        }
+        // Image label: the mask has an anomalous pixel.
+        let label = || -> Result<Tensor> {
+            gt.flatten_from(1)?
                 .max(1)?
                 .gt(0.5)?
-                .to_dtype(candle_core::DType::U32)?;
-            let bce = candle_nn::loss::cross_entropy(&lg.cls, &label)?;
+                .to_dtype(candle_core::DType::U32)
+        };
+        if lg.head_image_logit {
+            // Image-level BCE on the head's own logit.
+            let bce = candle_nn::loss::cross_entropy(&lg.cls, &label()?)?;
             terms.push(("image.bce".into(), bce.to_scalar::<f32>()?));
             total = (total + bce)?;
+        } else if lc.image_ce > 0.0 {
+            // AnomalyCLIP: CE of the class token's two-state logits (scale x cosines).
+            let ce = candle_nn::loss::cross_entropy(&lg.cls, &label()?)?;
+            terms.push(("image.ce".into(), ce.to_scalar::<f32>()?));
+            total = (total + (ce * lc.image_ce)?)?;
         }
         Ok((total, terms))
     }

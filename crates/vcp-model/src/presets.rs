@@ -83,6 +83,7 @@ abnormal_state = "damaged""#,
         },
         fusion: vcp_fusion(),
         fewshot: None,
+        loss: None,
     }
 }
 
@@ -133,6 +134,7 @@ pub fn april_gan(backbone: BackboneConfig) -> ModelConfig {
             image_score: ImageScoreConfig::ClsText,
         },
         fewshot: None,
+        loss: None,
     }
 }
 
@@ -172,6 +174,13 @@ abnormal_words = "damaged object""#,
             image_score: ImageScoreConfig::ClsText,
         },
         fewshot: None,
+        // AnomalyCLIP's train.py: lam = 4 on the map terms, Dice on both channels, and the
+        // image-level cross-entropy of the class token at scale 1/0.07 (paper-notes/peers.md).
+        loss: Some(LossConfig {
+            map_weight: 4.0,
+            normal_dice: true,
+            image_ce: 1.0,
+        }),
     }
 }
 

@@ -422,3 +422,90 @@ fn category_tokens_must_fit_the_text_context() {
         "{e}"
     );
 }
+
+/// AnomalyCLIP's training loss (its `train.py`): `4 x` per map (focal + Dice(anomalous, mask)
+/// + Dice(normal, 1 - mask)) plus the cross-entropy of the normalised class token against the
+/// two text embeddings at scale 1/0.07. Checked against a float64 hand computation of the
+/// image term and of the extra Dice, on top of the per-map terms the loss reports.
+#[test]
+fn anomaly_clip_loss_adds_normal_dice_and_the_image_cross_entropy() {
+    let w = weights();
+    let (x, gt) = batch(3);
+    let cfg = presets::anomaly_clip(presets::tiny(64), 4);
+    let lc = cfg.loss.clone().expect("the preset has AnomalyCLIP's loss");
+    assert_eq!((lc.map_weight, lc.normal_dice, lc.image_ce), (4.0, true, 1.0));
+    let m = VcpModel::new(&cfg, &w, 1, &Device::Cpu).unwrap();
+    let f = m.encode_images(&x).unwrap();
+    let lg = m.logits(&f, "x", true, false).unwrap();
+    let (total, terms) = m.loss(&lg, &gt).unwrap();
+
+    // Hand computation in f64 from the model's own embeddings and maps.
+    let to64 = |t: &Tensor| -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
+    let (b, d) = f.global.dims2().unwrap();
+    let g = to64(&f.global);
+    let t = to64(&lg.text); // [B, 2, D]
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let gts = to64(&gt);
+    let px = gts.len() / b;
+    let mut ce = 0.0;
+    for i in 0..b {
+        let gi = &g[i * d..(i + 1) * d];
+        let label = usize::from(gts[i * px..(i + 1) * px].iter().any(|&v| v > 0.5));
+        let z: Vec<f64> = (0..2)
+            .map(|s| {
+                let ts = &t[(i * 2 + s) * d..(i * 2 + s + 1) * d];
+                let dot: f64 = gi.iter().zip(ts).map(|(a, c)| a * c).sum();
+                dot / (norm(gi) * norm(ts)) / 0.07
+            })
+            .collect();
+        let lse = (z[0].exp() + z[1].exp()).ln();
+        ce += lse - z[label];
+    }
+    ce /= b as f64;
+    let image = terms.iter().find(|(n, _)| n == "image.ce").unwrap().1 as f64;
+    assert!((image - ce).abs() < 1e-4 * ce.max(1.0), "image CE {image} vs {ce}");
+
+    // Dice on the normal channel, by hand from the upsampled probabilities of tap 0:
+    // 1 - (2 sum(p_n (1 - gt)) + 1) / (sum p_n + sum (1 - gt) + 1) per image, averaged.
+    let p = vcp_model::fusion::probs(&lg.raw[0], 64, cfg.fusion.upsample).unwrap();
+    let pv = to64(&p); // [B, 2, 64, 64]
+    let mut dn = 0.0;
+    for i in 0..b {
+        let (mut inter, mut sp, mut sg) = (0.0, 0.0, 0.0);
+        for k in 0..px {
+            let pn = pv[(i * 2) * px + k];
+            let ng = 1.0 - gts[i * px + k];
+            inter += pn * ng;
+            sp += pn;
+            sg += ng;
+        }
+        dn += 1.0 - (2.0 * inter + 1.0) / (sp + sg + 1.0);
+    }
+    dn /= b as f64;
+    let tap = cfg.backbone.taps[0];
+    let got = terms
+        .iter()
+        .find(|(n, _)| *n == format!("raw.dice_normal.layer{tap:02}"))
+        .unwrap()
+        .1 as f64;
+    assert!((got - dn).abs() < 1e-4, "normal Dice {got} vs {dn}");
+
+    // The total: 4 x (every per-map term) + the image term.
+    let maps: f64 = terms
+        .iter()
+        .filter(|(n, _)| !n.starts_with("image."))
+        .map(|(_, v)| *v as f64)
+        .sum();
+    let want = 4.0 * maps + ce;
+    let got = total.to_scalar::<f32>().unwrap() as f64;
+    assert!((got - want).abs() < 1e-4 * want, "total {got} vs {want}");
+    // The image term trains the prompts (the text), as in the reference.
+    assert_grads(&m, &total, &["prompt."]);
+}

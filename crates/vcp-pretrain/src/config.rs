@@ -152,6 +152,10 @@ pub struct TrainConfig {
     pub final_size: Option<usize>,
     #[serde(default)]
     pub final_steps: usize,
+    /// Batch size of the final phase (default `batch_size`): a larger input costs more per
+    /// image, so the same wall time buys fewer but larger images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_batch_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -246,6 +250,38 @@ impl PretrainConfig {
                 t.batch_size
             );
         }
+        if !(t.lr <= 1.0) {
+            anyhow::bail!("train.lr = {}: must be at most 1", t.lr);
+        }
+        for (i, b) in t.betas.iter().enumerate() {
+            if !(b.is_finite() && (0.0..1.0).contains(b)) {
+                anyhow::bail!("train.betas[{i}] = {b}: must be a number in [0, 1)");
+            }
+        }
+        if !(t.eps.is_finite() && t.eps > 0.0 && t.eps <= 1.0) {
+            anyhow::bail!("train.eps = {}: must be a number in (0, 1]", t.eps);
+        }
+        if !(t.weight_decay.is_finite() && (0.0..=10.0).contains(&t.weight_decay)) {
+            anyhow::bail!("train.weight_decay = {}: must be a number in [0, 10]", t.weight_decay);
+        }
+        if !(t.min_lr_ratio.is_finite() && (0.0..=1.0).contains(&t.min_lr_ratio)) {
+            anyhow::bail!("train.min_lr_ratio = {}: must be a number in [0, 1]", t.min_lr_ratio);
+        }
+        if !(t.logit_scale_lr_mult.is_finite() && (0.0..=1000.0).contains(&t.logit_scale_lr_mult)) {
+            anyhow::bail!(
+                "train.logit_scale_lr_mult = {}: must be a number in [0, 1000]",
+                t.logit_scale_lr_mult
+            );
+        }
+        if t.batch_size > 65536 || t.steps > 100_000_000 {
+            anyhow::bail!("train.batch_size (at most 65536) or train.steps (at most 10^8) too large");
+        }
+        if self.eval.heldout < 2 || self.eval.heldout > 65536 {
+            anyhow::bail!(
+                "eval.heldout = {}: must be in 2..=65536 (retrieval needs at least two samples)",
+                self.eval.heldout
+            );
+        }
         if self.model.text.vocab_size != 49408 {
             anyhow::bail!("model.text.vocab_size must be 49408 (the CLIP BPE vocabulary)");
         }
@@ -266,8 +302,17 @@ impl PretrainConfig {
                     t.steps
                 );
             }
-        } else if t.final_steps != 0 {
-            anyhow::bail!("train.final_steps needs train.final_size");
+            if let Some(fb) = t.final_batch_size {
+                if fb < 2 * self.corpus.pairs.max(1) || fb > t.batch_size.max(2 * self.corpus.pairs) {
+                    anyhow::bail!(
+                        "train.final_batch_size = {fb}: must be in {}..={} (2 x corpus.pairs up to train.batch_size)",
+                        2 * self.corpus.pairs.max(1),
+                        t.batch_size
+                    );
+                }
+            }
+        } else if t.final_steps != 0 || t.final_batch_size.is_some() {
+            anyhow::bail!("train.final_steps and train.final_batch_size need train.final_size");
         }
         if let Some(o) = &self.objective {
             for (k, v) in [
@@ -317,6 +362,14 @@ impl PretrainConfig {
             }
         }
         m
+    }
+
+    /// The batch size at `step`: `train.final_batch_size` during the final phase.
+    pub fn batch_at(&self, step: usize) -> usize {
+        match self.train.final_batch_size {
+            Some(b) if step >= self.final_phase_start() => b,
+            _ => self.train.batch_size,
+        }
     }
 
     /// First step (0-based) of the final phase (`train.steps` when there is none).

@@ -761,7 +761,7 @@ pub fn ids_of(tok: &Tokenizer, texts: &[String], ctx: usize) -> Result<Vec<u32>>
 }
 
 pub fn make_batch(cfg: &PretrainConfig, tok: &Tokenizer, step: usize) -> Result<Batch> {
-    let n = cfg.train.batch_size;
+    let n = cfg.batch_at(step);
     let size = cfg.model_at(step).vision.image_size;
     let samples = corpus::batch(cfg.corpus.seed, step as u64, n, cfg.corpus.pairs, size);
     let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 use vcp_model::config::{
-    key_line, line_of, unknown_key, BackboneConfig, FusionConfig, ModelConfig, TemperatureConfig,
+    key_line, line_of, unknown_key, BackboneConfig, FusionConfig, LossConfig, ModelConfig,
+    TemperatureConfig,
 };
 use vcp_model::{Registry, SlotConfig};
 
@@ -106,6 +107,8 @@ pub struct ExperimentConfig {
     pub fusion: FusionConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fewshot: Option<SlotConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossConfig>,
     pub train: Option<TrainConfig>,
     pub eval: Option<EvalConfig>,
     #[serde(default)]
@@ -124,6 +127,7 @@ impl ExperimentConfig {
             temperature: self.temperature.clone(),
             fusion: self.fusion.clone(),
             fewshot: self.fewshot.clone(),
+            loss: self.loss.clone(),
         }
     }
 
@@ -140,6 +144,7 @@ impl ExperimentConfig {
             temperature: m.temperature,
             fusion: m.fusion,
             fewshot: m.fewshot,
+            loss: m.loss,
             train: None,
             eval: None,
             synth: SynthConfig::default(),

@@ -34,6 +34,8 @@ pub struct EvalOutput {
     pub seconds: f64,
     /// Few-shot: the reference images used for each category (dataset-relative paths).
     pub references: Vec<(String, Vec<String>)>,
+    /// Test images of each category: `[normal, defective]`.
+    pub test_images: Vec<(String, [usize; 2])>,
 }
 
 pub struct EvalOptions<'a> {
@@ -110,6 +112,20 @@ pub fn evaluate(
             continue;
         }
         let fin = finalize(&images, &model.cfg.fusion);
+        // A non-finite map or score (e.g. from a hostile fusion setting or a diverged model)
+        // would be ranked arbitrarily and make a plausible-looking AUROC: refuse it, as
+        // `vcp eval-maps` does for map files.
+        let bad = fin.maps.iter().position(|m| m.iter().any(|v| !v.is_finite()));
+        let bad = bad.or_else(|| fin.scores.iter().position(|v| !v.is_finite()));
+        if let Some(i) = bad {
+            anyhow::bail!(
+                "category {cls}: the map or score of {} is not finite (NaN or inf); check the `fusion` settings and the training loss",
+                paths[i]
+            );
+        }
+        let defective = labels.iter().filter(|&&l| l).count();
+        out.test_images
+            .push((cls.clone(), [labels.len() - defective, defective]));
         if let Some(dir) = o.save_maps {
             for (m, p) in fin.maps.iter().zip(&paths) {
                 let a = vcp_data::npy::Array2 {

@@ -36,6 +36,9 @@ pub struct Record {
     /// Few-shot: the reference images of each test category.
     #[serde(default, skip_serializing_if = "OrderedMap::is_empty")]
     pub fewshot_references: OrderedMap<Vec<String>>,
+    /// Test images of each category, `[normal, defective]` (tables say how many).
+    #[serde(default, skip_serializing_if = "OrderedMap::is_empty")]
+    pub test_images: OrderedMap<[usize; 2]>,
     /// The process that ran it (several processes may work on one experiment).
     #[serde(default)]
     pub worker: Option<crate::lock::Holder>,

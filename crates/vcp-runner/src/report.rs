@@ -319,6 +319,7 @@ fn provenance_footer(records: &[Record], stale: &[String]) -> String {
         "Produced by `{commands}`; code {commits}; device {devices}; {} runs.\n",
         records.len()
     );
+    s.push_str(&test_set_line(records));
     if !stale.is_empty() {
         s.push_str(&format!(
             "Left out: {} stale record(s) of other configurations ({}).\n",
@@ -327,6 +328,42 @@ fn provenance_footer(records: &[Record], stale: &[String]) -> String {
         ));
     }
     s
+}
+
+/// How many test images each category has (`[normal, defective]`, from the records): one
+/// phrase when every category and record agrees, otherwise per category; records written before
+/// the counts were kept say nothing.
+fn test_set_line(records: &[Record]) -> String {
+    let mut per: Vec<(String, [usize; 2])> = Vec::new();
+    for r in records {
+        for (c, n) in &r.test_images.0 {
+            if !per.iter().any(|(pc, pn)| pc == c && pn == n) {
+                per.push((c.clone(), *n));
+            }
+        }
+    }
+    if per.is_empty() {
+        return String::new();
+    }
+    let mut counts: Vec<[usize; 2]> = per.iter().map(|(_, n)| *n).collect();
+    counts.sort();
+    counts.dedup();
+    let mut cats: Vec<&str> = per.iter().map(|(c, _)| c.as_str()).collect();
+    cats.dedup();
+    if counts.len() == 1 && cats.len() == per.len() {
+        let [n, d] = counts[0];
+        format!(
+            "Test set: {} categories x {} images ({n} normal + {d} defective) per category.\n",
+            cats.len(),
+            n + d
+        )
+    } else {
+        let list: Vec<String> = per
+            .iter()
+            .map(|(c, [n, d])| format!("{c} {n}+{d}"))
+            .collect();
+        format!("Test images per category (normal+defective): {}.\n", list.join(", "))
+    }
 }
 
 /// Split one CSV line (polars quotes fields with commas or quotes; `""` is a quote).

@@ -411,6 +411,7 @@ pub fn run_one(
         notes: ev.notes.iter().chain(mean_notes.iter()).cloned().collect(),
         qualitative: qual,
         fewshot_references: OrderedMap(ev.references.clone()),
+        test_images: OrderedMap(ev.test_images.clone()),
         worker: Some(crate::lock::Holder::me()),
     };
     log.push_str(&format!(

@@ -211,6 +211,7 @@ fn record(variant: &str, seed: u64, hash: &str, auroc: f64) -> vcp_runner::recor
         notes: vec![],
         qualitative: vec![],
         fewshot_references: OrderedMap::default(),
+        test_images: OrderedMap::default(),
         worker: None,
     }
 }

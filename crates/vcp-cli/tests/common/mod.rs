@@ -40,15 +40,36 @@ pub fn one_error(stderr: &str) -> bool {
 /// `dir/base.toml`: the embedded default experiment made small (64 px, one epoch, two 48 px
 /// images per category and split, no dropout or augmentation) for tests that run it.
 pub fn write_small_base(dir: &Path) {
-    let base = std::fs::read_to_string(root().join("experiments/vcp_clip_tiny.toml"))
-        .unwrap()
-        .replace("image_size = 128", "image_size = 64")
-        .replace("epochs = 2", "epochs = 1")
-        .replace("per_category = 12", "per_category = 2")
-        .replace("size = 128", "size = 48")
-        .replace("dropout = 0.1", "dropout = 0.0")
-        .replace("augment = true", "augment = false");
-    std::fs::write(dir.join("base.toml"), base).unwrap();
+    let path = root().join("experiments/vcp_clip_tiny.toml");
+    let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (key, value) in [
+        ("backbone.image_size", toml::Value::Integer(64)),
+        ("train.epochs", toml::Value::Integer(1)),
+        ("synth.per_category", toml::Value::Integer(2)),
+        ("synth.size", toml::Value::Integer(48)),
+        ("deep_prompt.dropout", toml::Value::Float(0.0)),
+        ("train.augment", toml::Value::Boolean(false)),
+    ] {
+        set_existing(&mut doc, key, value);
+    }
+    std::fs::write(dir.join("base.toml"), toml::to_string(&doc).unwrap()).unwrap();
+}
+
+/// Overwrite `key` (dotted) in `doc`; panics naming the key when it is not there, so that a
+/// renamed setting in the experiment file fails the tests instead of being silently skipped.
+pub fn set_existing(doc: &mut toml::Table, key: &str, value: toml::Value) {
+    let (path, last) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut t = doc;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        t = t
+            .get_mut(part)
+            .and_then(|v| v.as_table_mut())
+            .unwrap_or_else(|| panic!("no table `{part}` for `{key}` in vcp_clip_tiny.toml"));
+    }
+    let slot = t
+        .get_mut(last)
+        .unwrap_or_else(|| panic!("no key `{key}` in vcp_clip_tiny.toml"));
+    *slot = value;
 }
 
 /// The `utp` and `vcp_clip` variants of the component ablation, as ablation-file text.

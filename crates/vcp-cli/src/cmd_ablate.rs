@@ -12,6 +12,9 @@ const DEFAULT_BASE: &str = include_str!("../../../experiments/vcp_clip_tiny.toml
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Cores to use (compute threads); default all. Results do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Ablation or experiment file; none = the embedded default (synthetic benchmark, tiny CLIP).
     experiment: Option<PathBuf>,
     /// cpu, cuda, cuda:N or auto.
@@ -85,6 +88,11 @@ pub struct Args {
     /// Run only line I (0-based) of --run-list.
     #[arg(long, requires = "run_list")]
     run_index: Option<usize>,
+    /// Remove the lock of run RUN (its folder name as `--status` prints it, e.g. utp-1a2b3c4d,
+    /// or a prefix of its hash) and exit: for a lock left by a process that cannot be checked
+    /// (another host that died).
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["slurm", "workers", "gpus", "status"])]
+    break_lock: Option<String>,
     /// Worker mode (set by --gpus/--workers/--slurm): no progress bars, go on after a failed
     /// run, one line per finished run, no tables.
     #[arg(long, hide = true)]
@@ -185,7 +193,7 @@ fn selected<'a>(a: &Args, ab: &'a experiment::Ablation) -> Result<Vec<&'a RunSpe
         None => ab.runs.iter().collect(),
     };
     if let (Some(list), Some(k)) = (&a.run_list, a.run_index) {
-        let text = std::fs::read_to_string(list).with_context(|| format!("{}", list.display()))?;
+        let text = vcp_data::io::read_regular_string(list, 64 << 20)?;
         let hash = text
             .lines()
             .nth(k)
@@ -198,7 +206,7 @@ fn selected<'a>(a: &Args, ab: &'a experiment::Ablation) -> Result<Vec<&'a RunSpe
                 "{}, line {}: run {} is not a run of this experiment (was the file or --set changed since?)",
                 list.display(),
                 k + 1,
-                &hash[..hash.len().min(8)]
+                hash.chars().take(8).collect::<String>()
             );
         }
     }
@@ -306,8 +314,36 @@ pub fn run(a: Args) -> Result<()> {
     });
     let exp_dir = a.results.join(&ab.name);
     let runs = selected(&a, &ab)?;
+    // Checked here, before any worker or array task starts with them.
+    let cache_bytes = mib_to_bytes(a.cache_mib as u64, "--cache-mib")?;
+    let feature_cache_bytes = mib_to_bytes(a.feature_cache_mib, "--feature-cache-mib")?;
     if a.status {
         print_status(&runs, &a.results);
+        return Ok(());
+    }
+    if let Some(name) = &a.break_lock {
+        let matching: Vec<&&RunSpec> = runs
+            .iter()
+            .filter(|r| {
+                let dir = r.dir(&a.results);
+                dir.file_name()
+                    .is_some_and(|f| f.to_string_lossy() == name.as_str())
+                    || (name.len() >= 4 && r.hash.starts_with(name.as_str()))
+            })
+            .collect();
+        let r = match matching.as_slice() {
+            [r] => r,
+            [] => bail!("--break-lock {name}: no run of {} has this folder name or hash prefix (see --status)", ab.name),
+            _ => bail!("--break-lock {name}: {} runs match; give the whole folder name", matching.len()),
+        };
+        let dir = r.dir(&a.results);
+        match vcp_runner::lock::break_lock(&dir)? {
+            Some(h) => outln!(
+                "removed the lock of {} held by {h}; if that process is still running, stop it: the run will be done again by the next `vcp ablate`",
+                dir.display()
+            ),
+            None => outln!("{}: not locked", dir.display()),
+        }
         return Ok(());
     }
     if !a.worker {
@@ -409,9 +445,25 @@ pub fn run(a: Args) -> Result<()> {
             }
             (None, Some(0)) => bail!("--workers must be at least 1"),
             (None, Some(n)) => {
-                let cores = std::thread::available_parallelism()
-                    .map(|c| c.get())
-                    .unwrap_or(1);
+                // All cores, or --threads of them.
+                let cores = rayon::current_num_threads();
+                // No more workers than runs that need work (an idle worker only costs a process).
+                let need = runs
+                    .iter()
+                    .filter(|r| !r.dir(&a.results).join("record.json").exists())
+                    .count()
+                    .max(1);
+                let n = if n > need {
+                    eprintln!("--workers {n}: only {need} run(s) need work; starting {need}");
+                    need
+                } else {
+                    n
+                };
+                if n > cores {
+                    eprintln!(
+                        "--workers {n}: more workers than the {cores} cores; each gets one thread and they share the cores"
+                    );
+                }
                 (0..n)
                     .map(|_| vcp_runner::workers::Slot::Cpu {
                         threads: (cores / n).max(1),
@@ -467,7 +519,7 @@ pub fn run(a: Args) -> Result<()> {
         results: a.results.clone(),
         device,
         cache: !a.no_cache,
-        cache_bytes: a.cache_mib << 20,
+        cache_bytes: cache_bytes as usize,
         keep_images: 1,
         command: command_line(),
         quiet: a.worker,
@@ -478,7 +530,7 @@ pub fn run(a: Args) -> Result<()> {
                 .feature_cache
                 .clone()
                 .unwrap_or_else(|| exp_dir.join("feature_cache")),
-            max_bytes: a.feature_cache_mib << 20,
+            max_bytes: feature_cache_bytes,
         }),
     };
     // The committed table is the reference this run is checked against (read before the new
@@ -628,4 +680,17 @@ pub fn report(a: ReportArgs) -> Result<()> {
         plots.len()
     );
     Ok(())
+}
+
+/// MiB to bytes; a value whose bytes do not fit (in this machine's address space) is an error,
+/// not a silently wrapped (disabled) limit.
+fn mib_to_bytes(mib: u64, flag: &str) -> Result<u64> {
+    mib.checked_mul(1 << 20)
+        .filter(|&b| b <= usize::MAX as u64)
+        .with_context(|| {
+            format!(
+                "{flag} {mib}: too large (at most {} MiB)",
+                (usize::MAX as u64) >> 20
+            )
+        })
 }

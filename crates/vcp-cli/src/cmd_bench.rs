@@ -12,6 +12,9 @@ use vcp_model::{presets, VcpModel};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Cores to use (compute threads); default all. Results do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// CLIP preset with random weights (vit_l_14_336, vit_b_16, tiny, ...).
     #[arg(long, default_value = "vit_l_14_336")]
     preset: String,
@@ -27,9 +30,13 @@ pub struct Args {
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Comma-separated: backbone, infer, train.
+    /// Comma-separated: backbone, infer, train; or `pretrain` alone (one step of
+    /// `vcp pretrain-clip --config`: forward, backward and AdamW on the config's batch).
     #[arg(long, default_value = "backbone,infer,train")]
     what: String,
+    /// Pretraining recipe for `--what pretrain`.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
     /// Images per backward pass in the training step (default: the whole batch).
     #[arg(long)]
     loss_chunk: Option<usize>,
@@ -49,6 +56,12 @@ fn timed(dev: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resul
 
 pub fn run(a: Args) -> Result<()> {
     let dev = device(a.device.as_deref())?;
+    if a.what.split(',').any(|w| w.trim() == "pretrain") {
+        return pretrain_step(&a, &dev);
+    }
+    if a.config.is_some() {
+        bail!("--config is for --what pretrain");
+    }
     let cfg = ClipConfig::preset(&a.preset)?;
     let mut bb = presets::vit_l_14_336_at_518("");
     bb.preset = a.preset.clone();
@@ -145,5 +158,50 @@ pub fn run(a: Args) -> Result<()> {
             other => bail!("--what `{other}`: expected backbone, infer or train"),
         }
     }
+    Ok(())
+}
+
+/// `--what pretrain`: seconds per pretraining step of a recipe (batches of its own corpus, made
+/// before timing; the loss and AdamW update exactly as `vcp pretrain-clip` does them).
+fn pretrain_step(a: &Args, dev: &Device) -> Result<()> {
+    if a.what.trim() != "pretrain" {
+        bail!("--what pretrain cannot be combined with other measurements");
+    }
+    let path = a
+        .config
+        .as_ref()
+        .context("--what pretrain needs --config (e.g. experiments/pretrain_tiny_clip.toml)")?;
+    if a.iters == 0 {
+        bail!("--iters must be at least 1");
+    }
+    let cfg = vcp_pretrain::PretrainConfig::load(path)?;
+    let tok = vcp_clip::Tokenizer::clip()?;
+    let batches: Vec<_> = (0..=a.iters)
+        .map(|s| vcp_pretrain::trainer::make_batch(&cfg, &tok, s))
+        .collect::<Result<_>>()?;
+    let n = cfg.train.batch_size;
+    let mut tr = vcp_pretrain::Trainer::new(cfg.clone(), dev.clone())?;
+    tr.train_step(&batches[0])?; // warm-up
+    dev.synchronize()?;
+    let t = std::time::Instant::now();
+    let mut last = 0f32;
+    for b in &batches[1..] {
+        last = tr.train_step(b)?;
+    }
+    dev.synchronize()?;
+    let secs = t.elapsed().as_secs_f64() / a.iters as f64;
+    outln!(
+        "{}",
+        serde_json::json!({
+            "what": "pretrain", "config": path.display().to_string(),
+            "size": cfg.model.vision.image_size, "batch": n,
+            "device": format!("{:?}", dev), "threads": rayon::current_num_threads(),
+            "iters": a.iters,
+            "ms_per_step": (secs * 1e5).round() / 100.0,
+            "img_per_s": ((n as f64 / secs) * 100.0).round() / 100.0,
+            "last_loss": last,
+            "peak_rss_mib": vcp_runner::train::peak_rss_mib(),
+        })
+    );
     Ok(())
 }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Cores to use (compute threads); default all. Results do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// The pretraining recipe (TOML: name, [model], [corpus], [train], [eval]).
     #[arg(long)]
     config: PathBuf,

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Cores to use (compute threads); default all. Results do not depend on it.
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long)]
     config: PathBuf,
     /// Output folder (default: results/train/<name>).

@@ -55,3 +55,23 @@ pub fn dtype(name: &str) -> Result<candle_core::DType> {
         name.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
     Ok(d.dtype())
 }
+
+/// `--threads N`: the number of compute threads (rayon's pool and candle's matmuls, which read
+/// `RAYON_NUM_THREADS`), set once before any work. 0 or more than the machine's cores is an error.
+pub fn set_threads(n: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = n else {
+        return Ok(());
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    if n == 0 || n > cores {
+        anyhow::bail!("--threads {n}: must be in 1..={cores} (the cores of this machine)");
+    }
+    // Still single-threaded here (called first thing in main): setting the variable is safe.
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("--threads {n}: {e}"))
+}

@@ -78,6 +78,17 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
+    let threads = match &cli.command {
+        Command::Bench(a) => a.threads,
+        Command::Train(a) => a.threads,
+        Command::Ablate(a) => a.threads,
+        Command::PretrainClip(a) => a.threads,
+        _ => None,
+    };
+    if let Err(e) = common::set_threads(threads) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Tokenize(a) => cmd_tokenize::run(a),
         Command::Features(a) => cmd_features::run_features(a),

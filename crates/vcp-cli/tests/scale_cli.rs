@@ -345,20 +345,33 @@ fn slurm_scripts_cannot_be_injected() {
     let results = d.path().join("results");
     for flag in ["--partition", "--gres", "--time", "--sbatch-arg"] {
         let value = format!("-gpu\ntouch {}\n#", injected(flag).display());
-        let out = slurm(&results).arg(format!("{flag}={value}")).output().unwrap();
+        let out = slurm(&results)
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
         let e = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && one_error(&e) && e.contains(flag), "{flag}: {e}");
+        assert!(
+            !out.status.success() && one_error(&e) && e.contains(flag),
+            "{flag}: {e}"
+        );
         assert!(e.contains("control character"), "{e}");
     }
     let bad_results = d.path().join("res\ntouch x\n#");
     let out = slurm(&bad_results).output().unwrap();
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && e.contains("results folder"), "{e}");
-    assert!(!results.join("mini_scale/slurm").exists(), "scripts written for refused input");
+    assert!(
+        !results.join("mini_scale/slurm").exists(),
+        "scripts written for refused input"
+    );
     assert!(!bad_results.exists());
 
     // Printable shell syntax everywhere: written, parsed, run, inert.
-    let results = d.path().join(format!("res $(touch {}) `touch {}` 'q'", injected("a").display(), injected("b").display()));
+    let results = d.path().join(format!(
+        "res $(touch {}) `touch {}` 'q'",
+        injected("a").display(),
+        injected("b").display()
+    ));
     ok(slurm(&results).args([
         &format!("--partition=gpu$(touch {})", injected("c").display()),
         &format!("--time=`touch {}`", injected("d").display()),
@@ -371,7 +384,11 @@ fn slurm_scripts_cannot_be_injected() {
         .unwrap()
         .path();
     for script in ["array.sh", "collect.sh"] {
-        let st = Command::new("bash").arg("-n").arg(sub.join(script)).status().unwrap();
+        let st = Command::new("bash")
+            .arg("-n")
+            .arg(sub.join(script))
+            .status()
+            .unwrap();
         assert!(st.success(), "bash -n {script}");
     }
     let out = Command::new("bash")
@@ -380,9 +397,21 @@ fn slurm_scripts_cannot_be_injected() {
         .env("VCP_CACHE", &cache)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new("bash").arg(sub.join("collect.sh")).env("VCP_CACHE", &cache).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("bash")
+        .arg(sub.join("collect.sh"))
+        .env("VCP_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(sub.join("collected").exists() && sub.join("summary.txt").exists());
     let summary = std::fs::read_to_string(sub.join("summary.txt")).unwrap();
     assert!(summary.contains("1 done"), "{summary}");

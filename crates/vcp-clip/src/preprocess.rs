@@ -14,13 +14,9 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Decode an image file (png, jpg, bmp, tif) to 8-bit RGB; errors name the file.
 pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| ClipError::file(path, e))?
-        .with_guessed_format()
-        .map_err(|e| ClipError::file(path, e))?;
-    let img = reader
-        .decode()
-        .map_err(|e| ClipError::file(path, format!("cannot decode image: {e}")))?;
+    // One bounded decoder for every user image (size limits, regular files, truncation).
+    let img = vcp_data::decode::open_image(path, "image")
+        .map_err(|e| ClipError::file(path, strip_path(&e.to_string(), path)))?;
     Ok(img.to_rgb8())
 }
 
@@ -45,4 +41,10 @@ pub fn normalize(rgb: &[u8], size: usize, device: &Device) -> Result<Tensor> {
 pub fn preprocess_file(path: &Path, size: usize, device: &Device) -> Result<Tensor> {
     let img = load_rgb(path)?;
     normalize(&resize_rgb(&img, size), size, device)
+}
+
+/// `DataError`'s message without its leading `path: ` (ClipError names the file itself).
+fn strip_path(msg: &str, path: &Path) -> String {
+    let p = format!("{}: ", path.display());
+    msg.strip_prefix(&p).unwrap_or(msg).to_string()
 }

@@ -16,6 +16,18 @@ pub const TINY_PRETRAINED: &str = "tiny_pretrained";
 const WEIGHTS: &[u8] = include_bytes!("../assets/tiny_pretrained.safetensors");
 const CARD: &str = include_str!("../assets/tiny_pretrained.json");
 
+/// A short fingerprint of the embedded weights (first 16 hex digits of their SHA-256): the
+/// preset's name stays `tiny_pretrained` when the weights are retrained, so records and cached
+/// features name the weights they came from by this.
+pub fn fingerprint() -> &'static str {
+    static FP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FP.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let h = format!("{:x}", Sha256::digest(WEIGHTS));
+        h[..16].to_string()
+    })
+}
+
 /// The model card's JSON (configuration, steps, provenance, recorded evaluations).
 pub fn card() -> Result<serde_json::Value> {
     serde_json::from_str(CARD)

@@ -17,13 +17,7 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Decode an image to 8-bit RGB; errors name the file.
 pub fn load_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| DataError::file(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::file(path, e))?
-        .decode()
-        .map_err(|e| DataError::file(path, format!("cannot decode image: {e}")))?
-        .to_rgb8();
+    let img = crate::decode::open_image(path, "image")?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     Ok((img.into_raw(), w, h))
 }

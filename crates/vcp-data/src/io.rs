@@ -4,6 +4,52 @@ use crate::error::{DataError, Result};
 use image::ImageEncoder;
 use std::path::Path;
 
+/// Read a user's file that must be a regular file of at most `max` bytes: a FIFO, device
+/// (`/dev/zero`), socket or folder is refused before it is opened (opening a FIFO blocks), and
+/// the read stops at `max` (a file that grows meanwhile cannot exhaust memory).
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let m = std::fs::metadata(path).map_err(|e| DataError::file(path, e))?;
+    if !m.is_file() {
+        return Err(DataError::file(
+            path,
+            if m.is_dir() {
+                "is a folder, not a file"
+            } else {
+                "is not a regular file (a FIFO, socket or device)"
+            },
+        ));
+    }
+    if m.len() > max {
+        return Err(DataError::file(
+            path,
+            format!(
+                "{} bytes is more than the {} this file may have",
+                m.len(),
+                max
+            ),
+        ));
+    }
+    let f = std::fs::File::open(path).map_err(|e| DataError::file(path, e))?;
+    let mut buf = Vec::with_capacity(m.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| DataError::file(path, e))?;
+    if buf.len() as u64 > max {
+        return Err(DataError::file(
+            path,
+            format!("grew beyond {max} bytes while read"),
+        ));
+    }
+    Ok(buf)
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_regular_string(path: &Path, max: u64) -> Result<String> {
+    String::from_utf8(read_regular(path, max)?)
+        .map_err(|_| DataError::file(path, "is not UTF-8 text"))
+}
+
 /// Refuse to replace anything but a regular file (a symlink, FIFO, device node or folder at
 /// an output path is an error, before any work is done).
 pub fn check_target(path: &Path) -> Result<()> {

@@ -10,12 +10,14 @@
 pub mod augment;
 pub mod corpus;
 pub mod dataset;
+pub mod decode;
 pub mod error;
 pub mod formats;
 pub mod io;
 pub mod mask;
 pub mod meta;
 pub mod npy;
+pub mod process;
 pub mod resample;
 pub mod rng;
 pub mod synth;

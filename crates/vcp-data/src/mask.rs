@@ -2,18 +2,13 @@
 //! filter when the size differs (torchvision `Resize` on a PIL "L" image), `/255 > 0.5`.
 //! VisA-style index masks (values 1, 2, ...) count as anomalous wherever > 0 when `index_mask`.
 
-use crate::error::{DataError, Result};
+use crate::error::Result;
 use crate::resample::{resize_u8_pil, Filter};
 use std::path::Path;
 
 /// Decode a mask file to 8-bit grey values and its size (width, height).
 pub fn load_grey(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| DataError::file(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::file(path, e))?
-        .decode()
-        .map_err(|e| DataError::file(path, format!("cannot decode mask: {e}")))?;
+    let img = crate::decode::open_image(path, "mask")?;
     let g = img.to_luma8();
     let (w, h) = (g.width() as usize, g.height() as usize);
     Ok((g.into_raw(), w, h))

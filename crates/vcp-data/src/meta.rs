@@ -171,7 +171,7 @@ impl Meta {
     /// Read and check a meta file; label/mask disagreements are printed as warnings (see
     /// [`Meta::label_warnings`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::file(path, e))?;
+        let text = crate::io::read_regular_string(path, 1 << 30)?;
         let m = Self::parse(&text, path)?;
         for w in m.label_warnings() {
             eprintln!("warning: {}: {w}", path.display());

@@ -21,7 +21,8 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Read a 2-D `.npy` of float32 or float64 (converted to f32).
 pub fn read_f32_2d(path: &Path) -> Result<Array2> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::file(path, e))?;
+    // A map is at most 16384^2 f32 plus its header; FIFOs and devices are refused.
+    let bytes = crate::io::read_regular(path, (16384u64 * 16384 * 4) + (1 << 16))?;
     let bad = |m: &str| DataError::file(path, m);
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("not a .npy file (bad magic)"));

@@ -264,14 +264,20 @@ impl ModelConfig {
             ));
         }
         if let Some(l) = &self.loss {
-            for (k, v) in [("loss.map_weight", l.map_weight), ("loss.image_ce", l.image_ce)] {
+            for (k, v) in [
+                ("loss.map_weight", l.map_weight),
+                ("loss.image_ce", l.image_ce),
+            ] {
                 if !(v.is_finite() && (0.0..=1000.0).contains(&v)) {
                     return Err(format!("{k} = {v}: must be a number in [0, 1000]"));
                 }
             }
         }
         if b.taps.len() > 256 {
-            return Err(format!("backbone.taps: {} taps (at most 256)", b.taps.len()));
+            return Err(format!(
+                "backbone.taps: {} taps (at most 256)",
+                b.taps.len()
+            ));
         }
         if let Some(n) = b.dense_blocks {
             if n > 256 {

@@ -155,8 +155,7 @@ pub fn finalize(images: &[ImageMaps], cfg: &FusionConfig) -> Finalized {
         .map(|(im, sm)| match &cfg.image_score {
             ImageScoreConfig::TopkMean { k, fraction } => {
                 let k = ImageScoreConfig::topk_pixels(*k, *fraction, im.raw.len());
-                topk_mean(&im.raw, k)
-                    + im.refined.as_ref().map(|r| topk_mean(r, k)).unwrap_or(0.0)
+                topk_mean(&im.raw, k) + im.refined.as_ref().map(|r| topk_mean(r, k)).unwrap_or(0.0)
             }
             ImageScoreConfig::Max => sm.iter().cloned().fold(f32::NEG_INFINITY, f32::max),
             ImageScoreConfig::ClsText => im.cls_score,

@@ -44,10 +44,19 @@ fn fraction_equals_k_when_fraction_times_pixels_is_k() {
         .collect();
     for k in [1usize, 122, 2000] {
         let fraction = k as f64 / (size * size) as f64;
-        let by_k = finalize(&images, &cfg(ImageScoreConfig::TopkMean { k: Some(k), fraction: None }));
+        let by_k = finalize(
+            &images,
+            &cfg(ImageScoreConfig::TopkMean {
+                k: Some(k),
+                fraction: None,
+            }),
+        );
         let by_f = finalize(
             &images,
-            &cfg(ImageScoreConfig::TopkMean { k: None, fraction: Some(fraction) }),
+            &cfg(ImageScoreConfig::TopkMean {
+                k: None,
+                fraction: Some(fraction),
+            }),
         );
         assert_eq!(by_k.scores, by_f.scores, "k = {k}");
         for (im, s) in images.iter().zip(&by_k.scores) {
@@ -56,24 +65,58 @@ fn fraction_equals_k_when_fraction_times_pixels_is_k() {
         }
     }
     // The 0.00745 (2000 / 518^2) at 128 px is 122 pixels.
-    assert_eq!(ImageScoreConfig::topk_pixels(None, Some(0.00745), 128 * 128), 122);
-    assert_eq!(ImageScoreConfig::topk_pixels(None, Some(0.00745), 518 * 518), 1999);
+    assert_eq!(
+        ImageScoreConfig::topk_pixels(None, Some(0.00745), 128 * 128),
+        122
+    );
+    assert_eq!(
+        ImageScoreConfig::topk_pixels(None, Some(0.00745), 518 * 518),
+        1999
+    );
 }
 
 #[test]
 fn exactly_one_of_k_and_fraction_in_range() {
     let bad = [
-        ImageScoreConfig::TopkMean { k: Some(10), fraction: Some(0.1) },
-        ImageScoreConfig::TopkMean { k: None, fraction: None },
-        ImageScoreConfig::TopkMean { k: Some(0), fraction: None },
-        ImageScoreConfig::TopkMean { k: None, fraction: Some(0.0) },
-        ImageScoreConfig::TopkMean { k: None, fraction: Some(1.5) },
-        ImageScoreConfig::TopkMean { k: None, fraction: Some(f64::NAN) },
+        ImageScoreConfig::TopkMean {
+            k: Some(10),
+            fraction: Some(0.1),
+        },
+        ImageScoreConfig::TopkMean {
+            k: None,
+            fraction: None,
+        },
+        ImageScoreConfig::TopkMean {
+            k: Some(0),
+            fraction: None,
+        },
+        ImageScoreConfig::TopkMean {
+            k: None,
+            fraction: Some(0.0),
+        },
+        ImageScoreConfig::TopkMean {
+            k: None,
+            fraction: Some(1.5),
+        },
+        ImageScoreConfig::TopkMean {
+            k: None,
+            fraction: Some(f64::NAN),
+        },
     ];
     for b in bad {
         let e = b.validate().unwrap_err();
         assert!(e.contains("fusion.image_score"), "{e}");
     }
-    assert!(ImageScoreConfig::TopkMean { k: None, fraction: Some(1.0) }.validate().is_ok());
-    assert!(ImageScoreConfig::TopkMean { k: Some(2000), fraction: None }.validate().is_ok());
+    assert!(ImageScoreConfig::TopkMean {
+        k: None,
+        fraction: Some(1.0)
+    }
+    .validate()
+    .is_ok());
+    assert!(ImageScoreConfig::TopkMean {
+        k: Some(2000),
+        fraction: None
+    }
+    .validate()
+    .is_ok());
 }

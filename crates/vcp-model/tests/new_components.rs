@@ -433,7 +433,10 @@ fn anomaly_clip_loss_adds_normal_dice_and_the_image_cross_entropy() {
     let (x, gt) = batch(3);
     let cfg = presets::anomaly_clip(presets::tiny(64), 4);
     let lc = cfg.loss.clone().expect("the preset has AnomalyCLIP's loss");
-    assert_eq!((lc.map_weight, lc.normal_dice, lc.image_ce), (4.0, true, 1.0));
+    assert_eq!(
+        (lc.map_weight, lc.normal_dice, lc.image_ce),
+        (4.0, true, 1.0)
+    );
     let m = VcpModel::new(&cfg, &w, 1, &Device::Cpu).unwrap();
     let f = m.encode_images(&x).unwrap();
     let lg = m.logits(&f, "x", true, false).unwrap();
@@ -470,7 +473,10 @@ fn anomaly_clip_loss_adds_normal_dice_and_the_image_cross_entropy() {
     }
     ce /= b as f64;
     let image = terms.iter().find(|(n, _)| n == "image.ce").unwrap().1 as f64;
-    assert!((image - ce).abs() < 1e-4 * ce.max(1.0), "image CE {image} vs {ce}");
+    assert!(
+        (image - ce).abs() < 1e-4 * ce.max(1.0),
+        "image CE {image} vs {ce}"
+    );
 
     // Dice on the normal channel, by hand from the upsampled probabilities of tap 0:
     // 1 - (2 sum(p_n (1 - gt)) + 1) / (sum p_n + sum (1 - gt) + 1) per image, averaged.

@@ -262,10 +262,16 @@ impl PretrainConfig {
             anyhow::bail!("train.eps = {}: must be a number in (0, 1]", t.eps);
         }
         if !(t.weight_decay.is_finite() && (0.0..=10.0).contains(&t.weight_decay)) {
-            anyhow::bail!("train.weight_decay = {}: must be a number in [0, 10]", t.weight_decay);
+            anyhow::bail!(
+                "train.weight_decay = {}: must be a number in [0, 10]",
+                t.weight_decay
+            );
         }
         if !(t.min_lr_ratio.is_finite() && (0.0..=1.0).contains(&t.min_lr_ratio)) {
-            anyhow::bail!("train.min_lr_ratio = {}: must be a number in [0, 1]", t.min_lr_ratio);
+            anyhow::bail!(
+                "train.min_lr_ratio = {}: must be a number in [0, 1]",
+                t.min_lr_ratio
+            );
         }
         if !(t.logit_scale_lr_mult.is_finite() && (0.0..=1000.0).contains(&t.logit_scale_lr_mult)) {
             anyhow::bail!(
@@ -274,7 +280,9 @@ impl PretrainConfig {
             );
         }
         if t.batch_size > 65536 || t.steps > 100_000_000 {
-            anyhow::bail!("train.batch_size (at most 65536) or train.steps (at most 10^8) too large");
+            anyhow::bail!(
+                "train.batch_size (at most 65536) or train.steps (at most 10^8) too large"
+            );
         }
         if self.eval.heldout < 2 || self.eval.heldout > 65536 {
             anyhow::bail!(
@@ -303,7 +311,8 @@ impl PretrainConfig {
                 );
             }
             if let Some(fb) = t.final_batch_size {
-                if fb < 2 * self.corpus.pairs.max(1) || fb > t.batch_size.max(2 * self.corpus.pairs) {
+                if fb < 2 * self.corpus.pairs.max(1) || fb > t.batch_size.max(2 * self.corpus.pairs)
+                {
                     anyhow::bail!(
                         "train.final_batch_size = {fb}: must be in {}..={} (2 x corpus.pairs up to train.batch_size)",
                         2 * self.corpus.pairs.max(1),

@@ -188,7 +188,10 @@ fn pixel_aurocs(
         let out = clip.vision.forward(&px, &[depth])?;
         let tokens = &out.layers[0].1;
         let g2 = tokens.dim(1)? - 1;
-        let patches = clip.vision.post_project(&tokens.narrow(1, 1, g2)?)?.detach();
+        let patches = clip
+            .vision
+            .post_project(&tokens.narrow(1, 1, g2)?)?
+            .detach();
         // Every sample takes part here; kinds index the full prompt table.
         let t = crate::objective::DenseTargets {
             rows: (0..chunk.len() as u32).collect(),
@@ -215,9 +218,7 @@ fn pixel_aurocs(
         }
     }
     let au = |(l, sc): &(Vec<bool>, Vec<f32>)| {
-        vcp_metrics::binary_metrics(l, sc)
-            .auroc
-            .unwrap_or(f64::NAN)
+        vcp_metrics::binary_metrics(l, sc).auroc.unwrap_or(f64::NAN)
     };
     Ok((au(&seen), au(&heldout)))
 }

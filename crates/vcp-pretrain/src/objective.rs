@@ -115,7 +115,11 @@ pub fn patch_loss(
     let (r, n, d) = patches.dims3()?;
     let g = (n as f64).sqrt().round() as usize;
     anyhow::ensure!(g * g == n, "patch tokens {n} do not form a square grid");
-    anyhow::ensure!(r == t.rows.len(), "{r} patch rows for {} targets", t.rows.len());
+    anyhow::ensure!(
+        r == t.rows.len(),
+        "{r} patch rows for {} targets",
+        t.rows.len()
+    );
     let dev = patches.device();
     let pairs = l2norm(prompts)?.reshape((prompts.dim(0)? / 2, 2, d))?; // [K, 2, D]
     let idx = Tensor::from_slice(&t.kind_index, r, dev)?;
@@ -141,16 +145,27 @@ pub fn patch_loss(
 ///
 /// # Shapes
 /// `global`: `[R, D]` global embeddings of the rows taking part; `prompts`: `[2K, D]` → scalar.
-pub fn state_loss(global: &Tensor, prompts: &Tensor, scale: f64, t: &DenseTargets) -> Result<Tensor> {
+pub fn state_loss(
+    global: &Tensor,
+    prompts: &Tensor,
+    scale: f64,
+    t: &DenseTargets,
+) -> Result<Tensor> {
     let (r, d) = global.dims2()?;
     let dev = global.device();
     let pairs = l2norm(prompts)?.reshape((prompts.dim(0)? / 2, 2, d))?;
     let idx = Tensor::from_slice(&t.kind_index, r, dev)?;
     let per_row = pairs.index_select(&idx, 0)?; // [R, 2, D]
     let g = l2norm(global)?.unsqueeze(1)?; // [R, 1, D]
-    let logits = (g.matmul(&per_row.transpose(1, 2)?.contiguous()?)?.squeeze(1)? * scale)?; // [R, 2]
+    let logits = (g
+        .matmul(&per_row.transpose(1, 2)?.contiguous()?)?
+        .squeeze(1)?
+        * scale)?; // [R, 2]
     let labels = Tensor::from_slice(&t.labels, r, dev)?;
-    Ok(candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, &labels)?)
+    Ok(candle_nn::loss::cross_entropy(
+        &logits.to_dtype(DType::F32)?,
+        &labels,
+    )?)
 }
 
 /// Per-pixel anomaly probability maps `[R, S, S]` of the patch readout (for monitoring and
@@ -173,5 +188,7 @@ pub fn anomaly_maps(
         .contiguous()?
         .reshape((r * 2, g, g))?;
     let up = upsample(&logits, t.size)?.reshape((r, 2, t.size, t.size))?;
-    Ok(candle_nn::ops::softmax(&up, 1)?.narrow(1, 1, 1)?.squeeze(1)?)
+    Ok(candle_nn::ops::softmax(&up, 1)?
+        .narrow(1, 1, 1)?
+        .squeeze(1)?)
 }

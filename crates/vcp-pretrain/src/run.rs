@@ -58,9 +58,52 @@ fn append(path: &Path, header: &str, line: &str) -> Result<()> {
     Ok(())
 }
 
+/// `--out`'s lock: one `vcp pretrain-clip` per folder (two would interleave their logs and
+/// overwrite each other's checkpoints). Removed when dropped; a lock of a process that is gone
+/// (pid dead, reused by another process, or another boot) is taken over.
+struct FolderLock(std::path::PathBuf);
+
+impl FolderLock {
+    fn take(out: &Path) -> Result<Self> {
+        let path = out.join("pretrain.lock");
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    writeln!(f, "{}", vcp_data::process::me_line())?;
+                    return Ok(Self(path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let line = std::fs::read_to_string(&path).unwrap_or_default();
+                    if vcp_data::process::line_alive(line.trim()) {
+                        anyhow::bail!(
+                            "{}: another vcp pretrain-clip is writing to this folder (host, pid: {}); wait for it or choose another --out",
+                            out.display(),
+                            line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+                        );
+                    }
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
+            }
+        }
+        anyhow::bail!("{}: could not take the folder's lock", path.display())
+    }
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let out = &opts.out;
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let _lock = FolderLock::take(out)?;
     let mut tr = if opts.resume {
         Trainer::resume(cfg.clone(), opts.device.clone(), &out.join("checkpoint"))?
     } else {

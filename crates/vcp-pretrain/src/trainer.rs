@@ -8,13 +8,13 @@
 //! and in the autograd graph), so what is trained is exactly what VCP-CLIP later runs.
 
 use crate::config::PretrainConfig;
+use crate::objective::{self, DenseTargets};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::collections::HashMap;
 use std::path::Path;
 use vcp_clip::{Clip, ClipOptions, ClipWeights, Kernels, Tokenizer};
 use vcp_data::corpus::{self, CorpusSample};
-use crate::objective::{self, DenseTargets};
 
 pub use crate::config::LOGIT_SCALE_MAX;
 
@@ -119,8 +119,9 @@ impl Trainer {
         if have != rows {
             let g0 = ((have - 1) as f64).sqrt().round() as usize;
             let g1 = want.image_size / want.patch_size;
-            let t = vcp_clip::resize_pos_embed(&p.var.as_tensor().to_device(&Device::Cpu)?, g0, g1)?
-                .to_device(&self.device)?;
+            let t =
+                vcp_clip::resize_pos_embed(&p.var.as_tensor().to_device(&Device::Cpu)?, g0, g1)?
+                    .to_device(&self.device)?;
             p.m = t.zeros_like()?;
             p.v = t.zeros_like()?;
             p.var = Var::from_tensor(&t)?;
@@ -266,10 +267,7 @@ impl Trainer {
                 let g2 = tokens.dim(1)? - 1;
                 let patch = tokens.index_select(&rows, 0)?.narrow(1, 1, g2)?;
                 let patch = clip.vision.post_project(&patch)?; // [R, g*g, D]
-                (
-                    Some(patch),
-                    Some(txt.narrow(0, batch.n, n_text - batch.n)?),
-                )
+                (Some(patch), Some(txt.narrow(0, batch.n, n_text - batch.n)?))
             }
             None => (None, None),
         };
@@ -499,7 +497,11 @@ impl Trainer {
                 "{}: the checkpoint was trained {} an [objective]; the config has {}",
                 spath.display(),
                 if extra.is_some() { "with" } else { "without" },
-                if cfg.objective.is_some() { "one" } else { "none" }
+                if cfg.objective.is_some() {
+                    "one"
+                } else {
+                    "none"
+                }
             );
         }
         ClipWeights::from_tensors(cfg.model_at(step), clip_part)
@@ -581,7 +583,12 @@ pub fn card_check(w: &ClipWeights, corpus_seed: u64) -> Result<crate::heldout::H
     )?;
     let samples =
         crate::heldout::heldout_samples(corpus_seed, CARD_SPLIT, w.config.vision.image_size);
-    crate::heldout::evaluate(&clip, &samples, &crate::heldout::heldout_kinds(), &Device::Cpu)
+    crate::heldout::evaluate(
+        &clip,
+        &samples,
+        &crate::heldout::heldout_kinds(),
+        &Device::Cpu,
+    )
 }
 
 /// All tensors of a safetensors file on the CPU; errors name the file on one line.
@@ -807,8 +814,8 @@ fn warm_start(weights: &str, model: &vcp_clip::ClipConfig) -> Result<HashMap<Str
                 json.display()
             )
         })?;
-        let meta: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
+        let meta: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
         let cfg: vcp_clip::ClipConfig = serde_json::from_value(
             meta.get("config")
                 .cloned()
@@ -830,7 +837,9 @@ fn warm_start(weights: &str, model: &vcp_clip::ClipConfig) -> Result<HashMap<Str
     let mut t: HashMap<String, Tensor> = w.tensors().clone();
     let (g0, g1) = (w.config.vision.native_grid(), model.vision.native_grid());
     if g0 != g1 {
-        let pos = t.get(VISION_POS).context("no vision positional embedding")?;
+        let pos = t
+            .get(VISION_POS)
+            .context("no vision positional embedding")?;
         let r = vcp_clip::resize_pos_embed(pos, g0, g1)?;
         t.insert(VISION_POS.into(), r);
     }

@@ -50,7 +50,11 @@ fn cfg() -> PretrainConfig {
     PretrainConfig::from_toml(TINY, Path::new("tiny_v2.toml")).unwrap()
 }
 
-fn sample(kind: &'static str, size: usize, defect: Option<(usize, usize, usize, usize)>) -> CorpusSample {
+fn sample(
+    kind: &'static str,
+    size: usize,
+    defect: Option<(usize, usize, usize, usize)>,
+) -> CorpusSample {
     let mut mask = vec![false; size * size];
     if let Some((y0, y1, x0, x1)) = defect {
         for y in y0..y1 {
@@ -65,7 +69,11 @@ fn sample(kind: &'static str, size: usize, defect: Option<(usize, usize, usize, 
         caption: format!("a photo of a {kind}"),
         kind,
         colour: None,
-        defects: if defect.is_some() { vec!["scratch"] } else { vec![] },
+        defects: if defect.is_some() {
+            vec!["scratch"]
+        } else {
+            vec![]
+        },
         mask,
     }
 }
@@ -125,7 +133,10 @@ fn the_corpus_masks_are_the_pixels_the_defect_changed() {
             }
         }
         let n = m.iter().filter(|&&b| b).count();
-        assert!(n > 0 && masked_diff * 10 >= n * 9, "pair {i}: {masked_diff} of {n} mask pixels changed");
+        assert!(
+            n > 0 && masked_diff * 10 >= n * 9,
+            "pair {i}: {masked_diff} of {n} mask pixels changed"
+        );
     }
 }
 
@@ -178,7 +189,11 @@ fn interpolation_matrix_is_bilinear_with_aligned_corners() {
                     v += u[y * 3 + a] * m[a * 3 + b] * u[x * 3 + b];
                 }
             }
-            assert!((v - want[y * 7 + x]).abs() < 1e-6, "({y},{x}) {v} vs {}", want[y * 7 + x]);
+            assert!(
+                (v - want[y * 7 + x]).abs() < 1e-6,
+                "({y},{x}) {v} vs {}",
+                want[y * 7 + x]
+            );
         }
     }
 }
@@ -208,10 +223,15 @@ fn patch_and_state_losses_equal_a_float64_hand_computation() {
     let pt = Tensor::from_vec(f32s(&patches), (r, g * g, d), &dev).unwrap();
     let qt = Tensor::from_vec(f32s(&prompts), (2 * k, d), &dev).unwrap();
     let ls = Tensor::new(&[tau as f32], &dev).unwrap();
-    let got = patch_loss(&pt, &qt, &ls, &t).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let got = patch_loss(&pt, &qt, &ls, &t)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
 
     // By hand.
-    let prm: Vec<Vec<f64>> = (0..2 * k).map(|j| norm(&prompts[j * d..(j + 1) * d])).collect();
+    let prm: Vec<Vec<f64>> = (0..2 * k)
+        .map(|j| norm(&prompts[j * d..(j + 1) * d]))
+        .collect();
     let (mut focal, mut dice_a, mut dice_n) = (0.0, 0.0, 0.0);
     for i in 0..r {
         let kk = t.kind_index[i] as usize;
@@ -244,20 +264,32 @@ fn patch_and_state_losses_equal_a_float64_hand_computation() {
         dice_n += (2.0 * inter_n + 1.0) / (sum_n + sum_mn + 1.0);
     }
     let want = focal / (r * s * s) as f64 + (1.0 - dice_a / r as f64) + (1.0 - dice_n / r as f64);
-    assert!((got - want).abs() <= 1e-5 * want.abs(), "patch loss {got} vs {want}");
+    assert!(
+        (got - want).abs() <= 1e-5 * want.abs(),
+        "patch loss {got} vs {want}"
+    );
 
     let gt = Tensor::from_vec(f32s(&global), (r, d), &dev).unwrap();
-    let got = state_loss(&gt, &qt, 1.0 / 0.07, &t).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let got = state_loss(&gt, &qt, 1.0 / 0.07, &t)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
     let mut ce = 0.0;
     for i in 0..r {
         let kk = t.kind_index[i] as usize;
         let v = norm(&global[i * d..(i + 1) * d]);
-        let (zn, za) = (dot(&v, &prm[2 * kk]) / 0.07, dot(&v, &prm[2 * kk + 1]) / 0.07);
+        let (zn, za) = (
+            dot(&v, &prm[2 * kk]) / 0.07,
+            dot(&v, &prm[2 * kk + 1]) / 0.07,
+        );
         let lse = zn.max(za) + ((zn - zn.max(za)).exp() + (za - zn.max(za)).exp()).ln();
         ce += lse - if t.labels[i] == 1 { za } else { zn };
     }
     let want = ce / r as f64;
-    assert!((got - want).abs() <= 1e-5 * want.abs(), "state loss {got} vs {want}");
+    assert!(
+        (got - want).abs() <= 1e-5 * want.abs(),
+        "state loss {got} vs {want}"
+    );
 }
 
 #[test]
@@ -270,7 +302,14 @@ fn the_patch_term_reaches_the_vision_tower_through_the_dense_readout() {
         let p = tr.params.iter().find(|p| p.name == name).unwrap();
         grads
             .get(p.var.as_tensor())
-            .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+            .map(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
             .unwrap_or(0.0)
     };
     // Through ln_post and the projection into every block of the vision tower, and into the
@@ -304,14 +343,25 @@ fn held_out_kinds_never_contribute_to_the_patch_and_state_terms() {
         let t = b.dense.unwrap();
         for (i, s) in samples.iter().enumerate() {
             let in_rows = t.rows.contains(&(i as u32));
-            assert_eq!(in_rows, !o.is_heldout(s.kind), "step {step} row {i} ({})", s.kind);
+            assert_eq!(
+                in_rows,
+                !o.is_heldout(s.kind),
+                "step {step} row {i} ({})",
+                s.kind
+            );
             seen_heldout_rows += usize::from(o.is_heldout(s.kind));
         }
         for k in &t.prompt_kinds {
-            assert!(!o.is_heldout(k), "step {step}: prompt for held-out kind {k}");
+            assert!(
+                !o.is_heldout(k),
+                "step {step}: prompt for held-out kind {k}"
+            );
         }
     }
-    assert!(seen_heldout_rows > 20, "the check saw {seen_heldout_rows} held-out rows");
+    assert!(
+        seen_heldout_rows > 20,
+        "the check saw {seen_heldout_rows} held-out rows"
+    );
 
     // Functionally: repainting the pixels of a held-out row changes neither term.
     let tr = Trainer::new(c.clone(), Device::Cpu).unwrap();
@@ -333,18 +383,33 @@ fn held_out_kinds_never_contribute_to_the_patch_and_state_terms() {
     assert_eq!(val(&p0.state), val(&p1.state));
     let c0 = p0.contrastive.to_scalar::<f32>().unwrap();
     let c1 = p1.contrastive.to_scalar::<f32>().unwrap();
-    assert_ne!(c0, c1, "the held-out image still takes part in the contrastive term");
+    assert_ne!(
+        c0, c1,
+        "the held-out image still takes part in the contrastive term"
+    );
 }
 
 #[test]
 fn v2_training_lowers_the_patch_term_and_resumes_bit_identically() {
     let mut a = Trainer::new(cfg(), Device::Cpu).unwrap();
     let b0 = a.batch_for_step(0).unwrap();
-    let first = a.loss_parts(&b0).unwrap().patch.unwrap().to_scalar::<f32>().unwrap();
+    let first = a
+        .loss_parts(&b0)
+        .unwrap()
+        .patch
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     for _ in 0..8 {
         a.train_step(&b0).unwrap();
     }
-    let last = a.loss_parts(&b0).unwrap().patch.unwrap().to_scalar::<f32>().unwrap();
+    let last = a
+        .loss_parts(&b0)
+        .unwrap()
+        .patch
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(last < first - 0.02, "patch term {first} -> {last}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -363,7 +428,10 @@ fn v2_training_lowers_the_patch_term_and_resumes_bit_identically() {
     // A v1 config cannot resume a v2 checkpoint (the patch scale would be dropped silently).
     let mut v1 = cfg();
     v1.objective = None;
-    let e = Trainer::resume(v1, Device::Cpu, dir.path()).err().unwrap().to_string();
+    let e = Trainer::resume(v1, Device::Cpu, dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("[objective]"), "{e}");
 }
 
@@ -394,8 +462,20 @@ fn warm_start_and_a_final_phase_at_another_size() {
     // The warm start is the exported model (f16-rounded), not a random init.
     let w_export = vcp_pretrain::trainer::load_exported(&file, &cfg().model).unwrap();
     let q = "vision_model.encoder.layers.0.self_attn.q_proj.weight";
-    let wb = b.params.iter().find(|p| p.name == q).unwrap().var.as_tensor().clone();
-    let diff = (wb - w_export.get(q).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
+    let wb = b
+        .params
+        .iter()
+        .find(|p| p.name == q)
+        .unwrap()
+        .var
+        .as_tensor()
+        .clone();
+    let diff = (wb - w_export.get(q).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
     assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     for s in 0..4 {
         let batch = b.batch_for_step(s).unwrap();
@@ -417,8 +497,100 @@ fn warm_start_and_a_final_phase_at_another_size() {
     assert_eq!(json["config"]["vision"]["image_size"], 48);
 
     // Another architecture is refused, naming the key.
-    let bad = text.replace("width = 32\nlayers = 2\nheads = 2\nmlp_dim = 64\ncontext", "width = 64\nlayers = 2\nheads = 2\nmlp_dim = 64\ncontext");
+    let bad = text.replace(
+        "width = 32\nlayers = 2\nheads = 2\nmlp_dim = 64\ncontext",
+        "width = 64\nlayers = 2\nheads = 2\nmlp_dim = 64\ncontext",
+    );
     let c3 = PretrainConfig::from_toml(&bad, Path::new("bad.toml")).unwrap();
     let e = Trainer::new(c3, Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("text.width"), "{e}");
+}
+
+/// Issue 25 (8): one `pretrain-clip` per folder. A lock of a live process refuses a second run
+/// (naming it); a lock left by a process that is gone is taken over; the lock is removed at the
+/// end; and bounded optimiser settings are load-time errors naming the key.
+#[test]
+fn one_pretraining_per_folder_and_bounded_settings() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut c = cfg();
+    c.train.steps = 1;
+    c.train.checkpoint_every = 1;
+    c.train.eval_every = 1;
+    let opts = vcp_pretrain::run::RunOptions {
+        out: out.clone(),
+        resume: false,
+        device: candle_core::Device::Cpu,
+        provenance: serde_json::json!({}),
+        progress: false,
+    };
+    // This test process holds the lock: refused.
+    std::fs::write(out.join("pretrain.lock"), vcp_data::process::me_line()).unwrap();
+    let e = format!(
+        "{:#}",
+        vcp_pretrain::run::run(c.clone(), &opts).err().unwrap()
+    );
+    assert!(
+        e.contains("another vcp pretrain-clip") && e.contains(&std::process::id().to_string()),
+        "{e}"
+    );
+    assert!(
+        !out.join("log.csv").exists(),
+        "nothing written by the refused run"
+    );
+    // A lock whose process is gone (a pid that exited) is taken over, and removed at the end.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(
+        out.join("pretrain.lock"),
+        format!(
+            "{} {dead} 1 {}",
+            vcp_data::process::hostname(),
+            vcp_data::process::boot_id().unwrap_or_default()
+        ),
+    )
+    .unwrap();
+    vcp_pretrain::run::run(c.clone(), &opts).unwrap();
+    assert!(!out.join("pretrain.lock").exists());
+    assert!(out.join("log.csv").exists());
+    // Settings that cannot work, named at load time.
+    for (key, from, to, want) in [
+        ("heldout", "heldout = 16", "heldout = 0", "eval.heldout"),
+        (
+            "betas",
+            "warmup = 1",
+            "warmup = 1\nbetas = [nan, 0.98]",
+            "train.betas[0]",
+        ),
+        ("eps", "warmup = 1", "warmup = 1\neps = 0.0", "train.eps"),
+        ("lr", "lr = 2e-3", "lr = -1e-3", "train.lr"),
+        (
+            "width",
+            "width = 32\nlayers = 2\nheads = 2\nmlp_dim = 64\npatch_size",
+            "width = 1099511627776\nlayers = 2\nheads = 2\nmlp_dim = 64\npatch_size",
+            "width",
+        ),
+        (
+            "image_size",
+            "image_size = 32",
+            "image_size = 0",
+            "image_size",
+        ),
+        (
+            "context",
+            "context_length = 24",
+            "context_length = 0",
+            "context_length",
+        ),
+    ] {
+        let text = TINY.replacen(from, to, 1);
+        assert_ne!(text, TINY, "{key}: the replacement did not apply");
+        let e = format!(
+            "{:#}",
+            PretrainConfig::from_toml(&text, Path::new("bad.toml")).unwrap_err()
+        );
+        assert!(e.contains(want) && e.contains("bad.toml"), "{key}: {e}");
+    }
 }

@@ -50,11 +50,47 @@ impl Disk {
         self.opts.dir.join(&h[..2]).join(format!("{h}.safetensors"))
     }
 
-    fn load(&self, key: &str) -> Option<Entry> {
+    /// The entry of `key` when it is a regular file of the expected size whose tensors have
+    /// exactly the shapes `expect` says. Anything else (a tampered or foreign file, a FIFO, a
+    /// huge file) is a miss, reported once per entry, and the entry is recomputed and
+    /// rewritten: a shared folder cannot make a process panic, hang or allocate beyond it.
+    fn load(&self, key: &str, expect: &Expect) -> Option<Entry> {
         let p = self.path(key);
+        let meta = std::fs::symlink_metadata(&p).ok()?;
+        let refuse = |why: &str| {
+            eprintln!(
+                "feature cache: ignoring {} ({why}); recomputing it",
+                p.display()
+            );
+        };
+        if !meta.is_file() {
+            refuse("not a regular file");
+            return None;
+        }
+        // Header (names, shapes, metadata) is small: allow 64 KiB beyond the tensor bytes.
+        if meta.len() > expect.bytes() + (64 << 10) {
+            refuse(&format!(
+                "{} bytes, expected about {}",
+                meta.len(),
+                expect.bytes()
+            ));
+            return None;
+        }
         let bytes = std::fs::read(&p).ok()?;
-        // A file that does not parse (a tampered cache) is recomputed and rewritten.
-        let st = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+        match self.parse(&bytes, expect) {
+            Some(e) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(e)
+            }
+            None => {
+                refuse("contents do not match the model: wrong tap count, grid or shapes");
+                None
+            }
+        }
+    }
+
+    fn parse(&self, bytes: &[u8], expect: &Expect) -> Option<Entry> {
+        let st = safetensors::SafeTensors::deserialize(bytes).ok()?;
         let get = |name: &str| -> Option<Tensor> {
             let v = st.tensor(name).ok()?;
             if v.dtype() != safetensors::Dtype::F32 {
@@ -67,15 +103,18 @@ impl Disk {
                 .collect();
             Tensor::from_vec(data, v.shape(), &Device::Cpu).ok()
         };
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).ok()?;
         let meta = meta.metadata().as_ref()?;
         let grid: usize = meta.get("grid")?.parse().ok()?;
         let n: usize = meta.get("layers")?.parse().ok()?;
+        if grid != expect.grid || n != expect.layers || st.len() != n + 1 {
+            return None;
+        }
+        let tokens = [1, 1 + grid * grid, expect.width];
         let layers = (0..n)
-            .map(|i| get(&format!("layer.{i}")))
+            .map(|i| get(&format!("layer.{i}")).filter(|t| t.dims() == tokens))
             .collect::<Option<Vec<_>>>()?;
-        let global = get("global")?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        let global = get("global").filter(|t| t.dims() == [1, expect.dim])?;
         Some(Entry {
             layers,
             global,
@@ -124,6 +163,33 @@ impl Disk {
     }
 }
 
+/// What an entry of the current model holds: `layers` taps `[1, 1 + grid^2, width]` and the
+/// global embedding `[1, dim]`.
+struct Expect {
+    layers: usize,
+    grid: usize,
+    width: usize,
+    dim: usize,
+}
+
+impl Expect {
+    fn of(model: &VcpModel) -> Result<Self> {
+        let v = &model.clip.vision;
+        Ok(Self {
+            layers: model.cfg.backbone.taps.len(),
+            grid: v.grid(),
+            width: v.width(),
+            dim: v.embed_dim()?,
+        })
+    }
+
+    /// Bytes of the tensors (f32).
+    fn bytes(&self) -> u64 {
+        4 * (self.layers as u64 * (1 + (self.grid * self.grid) as u64) * self.width as u64
+            + self.dim as u64)
+    }
+}
+
 fn dir_size(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     let Ok(rd) = std::fs::read_dir(dir) else {
@@ -142,9 +208,15 @@ fn dir_size(dir: &std::path::Path) -> u64 {
 /// Identifies what the frozen tower computes: the backbone config minus nothing it ignores.
 pub fn backbone_key(model: &VcpModel) -> String {
     let b = &model.cfg.backbone;
+    // The embedded pretrained weights change under the same preset name: key them by content.
+    let preset = if b.weights.is_empty() && b.preset == vcp_clip::pretrained::TINY_PRETRAINED {
+        format!("{}@{}", b.preset, vcp_clip::pretrained::fingerprint())
+    } else {
+        b.preset.clone()
+    };
     format!(
         "{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
-        b.preset,
+        preset,
         b.weights,
         b.seed,
         b.image_size,
@@ -259,13 +331,14 @@ impl FeatureCache {
             .iter()
             .map(|k| k.as_ref().map(|k| format!("{bk}#{k}")))
             .collect();
+        let expect = Expect::of(model)?;
         let missing: Vec<usize> = {
             let mut map = self.map.lock().unwrap();
             (0..keys.len())
                 .filter(|&i| match &full[i] {
                     None => true,
                     Some(k) if map.contains_key(k) => false,
-                    Some(k) => match self.disk.as_ref().and_then(|d| d.load(k)) {
+                    Some(k) => match self.disk.as_ref().and_then(|d| d.load(k, &expect)) {
                         // From disk into memory (not counted against the memory limit: it was
                         // computed by another process and would be recomputed otherwise).
                         Some(e) => {

@@ -115,7 +115,10 @@ pub fn evaluate(
         // A non-finite map or score (e.g. from a hostile fusion setting or a diverged model)
         // would be ranked arbitrarily and make a plausible-looking AUROC: refuse it, as
         // `vcp eval-maps` does for map files.
-        let bad = fin.maps.iter().position(|m| m.iter().any(|v| !v.is_finite()));
+        let bad = fin
+            .maps
+            .iter()
+            .position(|m| m.iter().any(|v| !v.is_finite()));
         let bad = bad.or_else(|| fin.scores.iter().position(|v| !v.is_finite()));
         if let Some(i) = bad {
             anyhow::bail!(

@@ -71,7 +71,7 @@ impl Ablation {
         };
         self.device = class.into();
         for r in &mut self.runs {
-            r.hash = run_hash(&r.toml, class);
+            r.hash = run_hash(&r.toml, class, weights_identity(&r.config).as_deref());
         }
         self
     }
@@ -144,14 +144,27 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 }
 
 /// A run's identity: its resolved configuration and the device class it runs on.
-pub fn run_hash(resolved: &str, device_class: &str) -> String {
+pub fn run_hash(resolved: &str, device_class: &str, weights: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(resolved.as_bytes());
+    if let Some(w) = weights {
+        h.update(format!("\n# weights = {w}\n").as_bytes());
+    }
     if device_class != "cpu" {
         // CPU hashes stay those of earlier versions (the configuration alone).
         h.update(format!("\n# device = {device_class}\n").as_bytes());
     }
     format!("{:x}", h.finalize())
+}
+
+/// What the resolved configuration cannot say about the backbone's weights: the embedded
+/// `tiny_pretrained` is retrained under the same name (v1 → v2), so its fingerprint joins the
+/// run hash and a record made with other weights is never taken for this run's. (Weight files
+/// are named by path; replace a file under the same path and delete its records.)
+pub fn weights_identity(c: &ExperimentConfig) -> Option<String> {
+    let b = &c.backbone;
+    (b.weights.is_empty() && b.preset == vcp_clip::pretrained::TINY_PRETRAINED)
+        .then(|| format!("tiny_pretrained@{}", vcp_clip::pretrained::fingerprint()))
 }
 
 pub fn slug(s: &str) -> String {
@@ -244,6 +257,9 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
     let top: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message()))?;
     let name = experiment_name(&top, file)?;
+    if let Some((k, _)) = cli_sets.iter().find(|(k, _)| k == "seed") {
+        bail!("--set {k}=...: a run's seed comes from the seed list; use --seeds N (or `seeds` in the file)");
+    }
     let is_ablation = top.contains_key("base") || top.contains_key("variant");
     let (base, base_file) = read_base(&top, file, is_ablation)?;
     let global = sets_of(top.get("set"), "set", file)?;
@@ -251,8 +267,37 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
     let grid = parse_grid(&top, file)?;
     let seeds = parse_seeds(&top, file, seeds, &base)?;
     let reference = parse_reference(&top, file)?;
+    // Counted before anything is built: variants x grid points x seeds.
+    let total = variants
+        .len()
+        .checked_mul(grid.len())
+        .and_then(|n| n.checked_mul(seeds.len()))
+        .filter(|&n| n <= MAX_RUNS);
+    if total.is_none() {
+        bail!(
+            "{}: {} variants x {} grid points x {} seeds is more than {MAX_RUNS} runs; split the experiment",
+            file.display(),
+            variants.len(),
+            grid.len(),
+            seeds.len()
+        );
+    }
+    let baseline = match top.get("baseline") {
+        None => None,
+        Some(Value::String(b)) if variants.iter().any(|v| &v.name == b) => Some(b.clone()),
+        Some(Value::String(b)) => bail!(
+            "{}: baseline `{b}` is not a variant (variants: {})",
+            file.display(),
+            variants
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(_) => bail!("{}: `baseline` must be a variant's name", file.display()),
+    };
     let mut runs = Vec::new();
-    let mut names = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for v in &variants {
         for combo in &grid {
             let label = if combo.is_empty() {
@@ -268,6 +313,14 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
                         .join(",")
                 )
             };
+            // Two labels that slug to one folder name would share runs: one row would vanish.
+            if let Some(other) = names.iter().find(|o| slug(o.as_str()) == slug(&label)) {
+                bail!(
+                    "{}: variants `{other}` and `{label}` would share the run folder `{}`; rename one",
+                    file.display(),
+                    slug(&label)
+                );
+            }
             names.push(label.clone());
             for &seed in &seeds {
                 // Order: base, preset, the file's global sets, the variant's, the grid point's,
@@ -288,7 +341,7 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
                     )
                 })?;
                 let resolved = config.to_toml();
-                let hash = run_hash(&resolved, "cpu");
+                let hash = run_hash(&resolved, "cpu", weights_identity(&config).as_deref());
                 runs.push(RunSpec {
                     experiment: name.clone(),
                     variant: label.clone(),
@@ -303,10 +356,7 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
     Ok(Ablation {
         device: "cpu".into(),
         name,
-        baseline: top
-            .get("baseline")
-            .and_then(|v| v.as_str())
-            .map(String::from),
+        baseline,
         variants: names,
         reference,
         runs,
@@ -397,6 +447,9 @@ fn parse_variants(
                     .get("name")
                     .and_then(|v| v.as_str())
                     .with_context(|| format!("{}: variant {i} has no name", file.display()))?;
+                if n.trim().is_empty() {
+                    bail!("{}: variant {i}: the name is empty", file.display());
+                }
                 if variants.iter().any(|m| m.name == n) {
                     bail!(
                         "{}: variant {i}: the name `{n}` is used twice (rows would merge)",
@@ -440,6 +493,23 @@ fn parse_grid(top: &toml::Table, file: &Path) -> Result<Vec<Vec<(String, Value)>
         let g = g
             .as_table()
             .with_context(|| format!("{}: `grid` must be a table", file.display()))?;
+        // Count the points before building them (a grid of 10^9 would exhaust memory).
+        let mut points: usize = 1;
+        for (k, vals) in g {
+            let n = vals.as_array().map_or(0, |a| a.len());
+            if n == 0 {
+                bail!("{}: grid `{k}` must be a non-empty list", file.display());
+            }
+            points = points
+                .checked_mul(n)
+                .filter(|&p| p <= MAX_RUNS)
+                .with_context(|| {
+                    format!(
+                        "{}: the grid has more than {MAX_RUNS} points",
+                        file.display()
+                    )
+                })?;
+        }
         for (k, vals) in g {
             let vals = vals
                 .as_array()
@@ -458,6 +528,9 @@ fn parse_grid(top: &toml::Table, file: &Path) -> Result<Vec<Vec<(String, Value)>
     }
     Ok(grid)
 }
+
+/// Most runs one experiment may expand to (variants x grid points x seeds).
+pub const MAX_RUNS: usize = 100_000;
 
 /// `--seeds`, else the file's `seeds`, else the base's `seed`.
 fn parse_seeds(
@@ -510,8 +583,14 @@ fn parse_reference(top: &toml::Table, file: &Path) -> Result<Vec<toml::Table>> {
                             vcp_metrics::COLUMNS.join(", ")
                         );
                     }
-                    if !(v.is_float() || v.is_integer()) {
-                        bail!("{}: reference {i}: `{k}` must be a number", file.display());
+                    let x = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+                    match x {
+                        Some(x) if x.is_finite() && (0.0..=1.0).contains(&x) => {}
+                        Some(x) => bail!(
+                            "{}: reference {i}: `{k}` = {x}: metrics are fractions in [0, 1] (e.g. 0.92)",
+                            file.display()
+                        ),
+                        None => bail!("{}: reference {i}: `{k}` must be a number", file.display()),
                     }
                 }
                 Ok(t.clone())

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+pub use vcp_data::process::{boot_id, hostname, pid_alive, proc_start};
 
 /// Who holds (or ran) a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,13 @@ pub struct Holder {
     pub pid: u32,
     /// RFC 3339 UTC.
     pub start: String,
+    /// The process's start time in clock ticks after boot (`/proc/PID/stat` field 22): a pid
+    /// that now belongs to another process has another start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_start: Option<u64>,
+    /// `/proc/sys/kernel/random/boot_id`: after a reboot every pid is someone else's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 impl Holder {
@@ -30,13 +38,30 @@ impl Holder {
             host: hostname(),
             pid: std::process::id(),
             start: crate::runner::utc_now().1,
+            proc_start: proc_start(std::process::id()),
+            boot_id: boot_id(),
         }
     }
 
     /// Whether the holder may still be running: always for another host; on this host,
-    /// whether its pid is a live (not zombie) process.
+    /// whether its pid is a live (not zombie) process that is still the same process (same
+    /// boot, same start time, when the lock recorded them).
     pub fn may_be_alive(&self) -> bool {
-        self.host != hostname() || pid_alive(self.pid)
+        if self.host != hostname() {
+            return true;
+        }
+        if let (Some(a), Some(b)) = (&self.boot_id, boot_id()) {
+            if *a != b {
+                return false;
+            }
+        }
+        if !pid_alive(self.pid) {
+            return false;
+        }
+        match (self.proc_start, proc_start(self.pid)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
     }
 }
 
@@ -46,27 +71,22 @@ impl std::fmt::Display for Holder {
     }
 }
 
-/// The machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// A live, non-zombie process with this pid (Linux `/proc`; elsewhere assumed alive).
-pub fn pid_alive(pid: u32) -> bool {
-    if !Path::new("/proc/self").exists() {
-        return true;
+/// Remove the lock of `run_dir` by hand (`vcp ablate --break-lock`): returns who held it.
+pub fn break_lock(run_dir: &Path) -> Result<Option<Holder>> {
+    let path = lock_path(run_dir);
+    if !path.exists() {
+        return Ok(None);
     }
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(s) => !s.lines().any(|l| {
-            l.starts_with("State:") && (l.contains("Z (zombie)") || l.contains("X (dead)"))
-        }),
-        Err(_) => false,
-    }
+    let h = holder(run_dir).unwrap_or(Holder {
+        host: "?".into(),
+        pid: 0,
+        start: "(unreadable lock)".into(),
+        proc_start: None,
+        boot_id: None,
+    });
+    std::fs::remove_file(&path).with_context(|| format!("{}", path.display()))?;
+    let _ = std::fs::remove_file(run_dir.join("lock.takeover"));
+    Ok(Some(h))
 }
 
 /// A held claim on a run; the lock file is removed when it is dropped.
@@ -148,6 +168,8 @@ pub fn try_claim(run_dir: &Path) -> Result<Claim> {
                             host: "?".into(),
                             pid: 0,
                             start: "(lock being written)".into(),
+                            proc_start: None,
+                            boot_id: None,
                         }));
                     }
                     take_over(run_dir, None)?;
@@ -198,6 +220,8 @@ fn take_over(run_dir: &Path, stale: Option<&Holder>) -> Result<Option<Holder>> {
                 host: "?".into(),
                 pid: 0,
                 start: "(unreadable lock)".into(),
+                proc_start: None,
+                boot_id: None,
             })
         })
     } else {
@@ -233,6 +257,8 @@ mod tests {
             host: hostname(),
             pid: dead,
             start: "2026-01-01T00:00:00Z".into(),
+            proc_start: None,
+            boot_id: None,
         };
         std::fs::write(lock_path(&run), serde_json::to_string(&stale).unwrap()).unwrap();
         let Claim::Acquired(l) = try_claim(&run).unwrap() else {
@@ -246,8 +272,54 @@ mod tests {
             host: "some-other-node".into(),
             pid: dead,
             start: "2026-01-01T00:00:00Z".into(),
+            proc_start: None,
+            boot_id: None,
         };
         std::fs::write(lock_path(&run), serde_json::to_string(&remote).unwrap()).unwrap();
         assert!(matches!(try_claim(&run).unwrap(), Claim::Held(h) if h == remote));
+    }
+
+    /// Issue 25 (9): a lock whose pid now belongs to another live process (PID reuse, or a
+    /// reboot) is stale; the same process's lock is not. `break_lock` removes any lock.
+    #[test]
+    fn pid_reuse_and_reboots_make_a_lock_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let me = Holder::me();
+        assert!(me.proc_start.is_some() && me.boot_id.is_some());
+        assert!(me.may_be_alive());
+        // Our own pid, but recorded with another start time: the pid was reused.
+        let reused = Holder {
+            proc_start: me.proc_start.map(|t| t + 12345),
+            ..me.clone()
+        };
+        assert!(!reused.may_be_alive());
+        let rebooted = Holder {
+            boot_id: Some("00000000-0000-0000-0000-000000000000".into()),
+            ..me.clone()
+        };
+        assert!(!rebooted.may_be_alive());
+        std::fs::write(lock_path(&run), serde_json::to_string(&reused).unwrap()).unwrap();
+        let Claim::Acquired(l) = try_claim(&run).unwrap() else {
+            panic!("a lock of a reused pid was not taken over")
+        };
+        assert_eq!(l.took_over.as_ref(), Some(&reused));
+        drop(l);
+        // An old lock without the new fields still reads (and is judged by pid alone).
+        std::fs::write(
+            lock_path(&run),
+            format!(
+                r#"{{"host":"{}","pid":{},"start":"x"}}"#,
+                hostname(),
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        assert!(holder(&run).unwrap().may_be_alive());
+        let h = break_lock(&run).unwrap().unwrap();
+        assert_eq!(h.pid, std::process::id());
+        assert!(!lock_path(&run).exists());
+        assert!(break_lock(&run).unwrap().is_none());
     }
 }

@@ -362,7 +362,10 @@ fn test_set_line(records: &[Record]) -> String {
             .iter()
             .map(|(c, [n, d])| format!("{c} {n}+{d}"))
             .collect();
-        format!("Test images per category (normal+defective): {}.\n", list.join(", "))
+        format!(
+            "Test images per category (normal+defective): {}.\n",
+            list.join(", ")
+        )
     }
 }
 

@@ -281,3 +281,100 @@ fn unknown_keys_are_reported_at_their_own_line_in_the_users_file() {
         "{e} (want line {line})"
     );
 }
+
+/// Issue 25 (5, 3): results never silently merge or vanish, and sizes are counted before they
+/// are built. Each case is one error naming the file and the offending name or key.
+#[test]
+fn colliding_names_bad_baselines_huge_grids_and_ignored_seeds_are_errors() {
+    registry();
+    let d = tempfile::tempdir().unwrap();
+    let err = |head: &str, tail: &str, sets: &[(String, toml::Value)], seeds: Option<&[u64]>| {
+        let p = write_ablation(d.path(), head, tail);
+        format!(
+            "{:#}",
+            vcp_runner::experiment::load(&p, sets, seeds).unwrap_err()
+        )
+    };
+    // `a/b` and `a_b` (and any two non-ASCII names of one length) slug to one folder.
+    let e = err(
+        "name = \"x\"",
+        "[[variant]]\nname = \"a/b\"\nset = {}\n[[variant]]\nname = \"a_b\"\nset = {}\n",
+        &[],
+        None,
+    );
+    assert!(
+        e.contains("`a/b`") && e.contains("`a_b`") && e.contains("run folder"),
+        "{e}"
+    );
+    let e = err(
+        "name = \"x\"",
+        "[[variant]]\nname = \"é\"\nset = {}\n[[variant]]\nname = \"ü\"\nset = {}\n",
+        &[],
+        None,
+    );
+    assert!(e.contains("run folder"), "{e}");
+    let e = err(
+        "name = \"x\"",
+        "[[variant]]\nname = \"  \"\nset = {}\n",
+        &[],
+        None,
+    );
+    assert!(e.contains("variant 1") && e.contains("empty"), "{e}");
+    let e = err("name = \"x\"\nbaseline = \"nope\"", "", &[], None);
+    assert!(
+        e.contains("baseline `nope`") && e.contains("variants: a"),
+        "{e}"
+    );
+    // A grid of 10^10 points is refused before it is built (this returns at once).
+    let t = std::time::Instant::now();
+    let e = err(
+        "name = \"x\"",
+        &format!(
+            "[grid]\n\"train.lr\" = [{}]\n\"train.epochs\" = [{}]\n",
+            vec!["0.001"; 100_000].join(","),
+            vec!["1"; 100_000].join(",")
+        ),
+        &[],
+        None,
+    );
+    assert!(e.contains("more than 100000"), "{e}");
+    assert!(t.elapsed().as_secs() < 60);
+    let e = err("name = \"x\"", "[grid]\n\"train.lr\" = []\n", &[], None);
+    assert!(
+        e.contains("grid `train.lr`") && e.contains("non-empty"),
+        "{e}"
+    );
+    // 10^6 seeds x 1 variant: counted, refused.
+    let many: Vec<u64> = (0..1_000_000).collect();
+    let e = err(
+        "name = \"x\"",
+        "[[variant]]\nname = \"b\"\nset = {}\n",
+        &[],
+        Some(&many),
+    );
+    assert!(
+        e.contains("2 variants x 1 grid points x 1000000 seeds"),
+        "{e}"
+    );
+    // `--set seed=N` would be overwritten by the seed list: refused, pointing at --seeds.
+    let e = err(
+        "name = \"x\"",
+        "",
+        &[("seed".into(), toml::Value::Integer(5))],
+        None,
+    );
+    assert!(e.contains("--seeds"), "{e}");
+    // Reference numbers are finite fractions.
+    for bad in ["nan", "inf", "-0.5", "92.0"] {
+        let e = err(
+            "name = \"x\"",
+            &format!("[[reference]]\nname = \"paper\"\nauroc_px = {bad}\n"),
+            &[],
+            None,
+        );
+        assert!(
+            e.contains("`auroc_px`") && e.contains("[0, 1]"),
+            "{bad}: {e}"
+        );
+    }
+}

@@ -85,3 +85,116 @@ fn disk_features_are_exact_shared_repaired_and_bounded() {
     );
     assert_eq!(files(&d.path().join("fc")).len(), 3);
 }
+
+/// A safetensors file with a valid header whose metadata lies (`layers`, `grid`) and whose
+/// tensors have other shapes.
+fn lying_entry(layers: &str, grid: &str, shape: Vec<usize>) -> Vec<u8> {
+    let n: usize = shape.iter().product();
+    let data = vec![0u8; n * 4];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &data).unwrap();
+    let meta: std::collections::HashMap<String, String> = [
+        ("layers".to_string(), layers.to_string()),
+        ("grid".to_string(), grid.to_string()),
+    ]
+    .into();
+    safetensors::serialize(
+        [
+            ("layer.0".to_string(), view.clone()),
+            ("global".to_string(), view),
+        ],
+        Some(meta),
+    )
+    .unwrap()
+}
+
+/// Issue 25: entries that lie about their contents, special files and huge files in a shared
+/// folder are misses (recomputed and rewritten, exact features), never a panic, a huge
+/// allocation or a hang.
+#[test]
+fn a_shared_cache_cannot_be_poisoned() {
+    let m = model();
+    let dev = Device::Cpu;
+    let px = vcp_clip::testing::seeded_randn(3, &[1, 3, 64, 64], &dev);
+    let keys = vec![Some("img".to_string())];
+    let d = tempfile::tempdir().unwrap();
+    let disk = || {
+        Some(DiskOptions {
+            dir: d.path().join("fc"),
+            max_bytes: 1 << 40, // the sparse 4 GiB file below counts as used
+        })
+    };
+    let fresh = m.encode_images(&px).unwrap();
+    FeatureCache::new(1 << 30)
+        .with_disk(disk())
+        .features(&m, &px, &keys, &dev)
+        .unwrap();
+    let entry = files(&d.path().join("fc"))[0].clone();
+    let poisons: Vec<(&str, Box<dyn Fn(&std::path::Path)>)> = vec![
+        // More taps than the model has (the tensors are not there).
+        (
+            "tap count",
+            Box::new(|p| std::fs::write(p, lying_entry("1000000", "4", vec![1, 17, 32])).unwrap()),
+        ),
+        // A grid that asks for a terabyte.
+        (
+            "grid",
+            Box::new(|p| std::fs::write(p, lying_entry("4", "1000000", vec![1, 17, 32])).unwrap()),
+        ),
+        // Plausible metadata, wrong tensor shapes.
+        (
+            "shapes",
+            Box::new(|p| std::fs::write(p, lying_entry("1", "8", vec![2, 3])).unwrap()),
+        ),
+        // A FIFO: reading it would block forever.
+        (
+            "fifo",
+            Box::new(|p| {
+                std::fs::remove_file(p).unwrap();
+                assert!(std::process::Command::new("mkfifo")
+                    .arg(p)
+                    .status()
+                    .unwrap()
+                    .success());
+            }),
+        ),
+        // A file far larger than any entry of this model.
+        (
+            "huge",
+            Box::new(|p| {
+                let f = std::fs::File::create(p).unwrap();
+                f.set_len(1 << 32).unwrap(); // sparse: 4 GiB that are never read
+            }),
+        ),
+    ];
+    for (what, poison) in poisons {
+        let _ = std::fs::remove_file(&entry);
+        std::fs::write(&entry, b"").unwrap();
+        poison(&entry);
+        let c = FeatureCache::new(1 << 30).with_disk(disk());
+        let f = c.features(&m, &px, &keys, &dev).unwrap();
+        assert!(
+            c.disk_summary().contains("0 read, 1 written"),
+            "{what}: {}",
+            c.disk_summary()
+        );
+        assert_eq!(
+            vcp_clip::testing::max_abs_diff(&f.global, &fresh.global),
+            0.0,
+            "{what}"
+        );
+        assert_eq!(
+            vcp_clip::testing::max_abs_diff(&f.layers[0], &fresh.layers[0]),
+            0.0,
+            "{what}"
+        );
+        // Rewritten: the next process reads a good entry.
+        assert!(std::fs::metadata(&entry).unwrap().is_file(), "{what}");
+        let again = FeatureCache::new(1 << 30).with_disk(disk());
+        again.features(&m, &px, &keys, &dev).unwrap();
+        assert!(
+            again.disk_summary().contains("1 read, 0 written"),
+            "{what}: {}",
+            again.disk_summary()
+        );
+    }
+}

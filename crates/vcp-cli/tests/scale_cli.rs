@@ -177,17 +177,23 @@ fn locks_stale_and_foreign_shards_and_workers() {
     // The other host's run finishes (its lock goes away): --workers 2 completes the
     // experiment, and the table equals the one-process table number for number.
     std::fs::remove_file(dir_of(&h_remote).join("lock.json")).unwrap();
-    let (out, _) = ok(ablate().args(["--workers", "2"]));
+    // Two workers asked for, one run left: one worker is started (issue 25: capped at the runs
+    // that need work).
+    let (out, err) = ok(ablate().args(["--workers", "2"]));
     assert!(out.contains("Table:"), "{out}");
     assert!(
-        out.contains("1 runs done by 2 workers, 5 already finished"),
+        err.contains("--workers 2: only 1 run(s) need work; starting 1"),
+        "{err}"
+    );
+    assert!(
+        out.contains("1 runs done by 1 workers, 5 already finished"),
         "{out}"
     );
     assert!(out.contains("reproduced the committed table"), "{out}");
     let logs: Vec<_> = std::fs::read_dir(results.join("mini_scale/workers"))
         .unwrap()
         .collect();
-    assert_eq!(logs.len(), 2);
+    assert_eq!(logs.len(), 1);
     let table = std::fs::read_to_string(results.join("mini_scale/table.csv")).unwrap();
     assert_eq!(table, table_one_process);
 }
@@ -478,5 +484,74 @@ fn ctrl_c_stops_every_worker_and_a_rerun_completes() {
     assert!(
         out.contains(&format!("{} runs done, {done} already finished", 6 - done)),
         "{out}"
+    );
+}
+
+/// Issue 25 (3, 9): sizes that overflow are errors, `--threads` is bounded, and a lock left by
+/// a process that cannot be checked (another host) is removed by `--break-lock` with a message.
+#[test]
+fn cache_sizes_threads_and_break_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let ablate = || {
+        let mut c = vcp(&cache);
+        c.arg("ablate").arg(&file).arg("--results").arg(&results);
+        c
+    };
+    for flag in ["--cache-mib", "--feature-cache-mib"] {
+        let o = ablate()
+            .args([flag, "18446744073709551615", "--status"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && one_error(&e) && e.contains(flag) && e.contains("too large"),
+            "{e}"
+        );
+    }
+    for n in ["0", "100000"] {
+        let o = ablate()
+            .args(["--threads", n, "--status"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && one_error(&e) && e.contains(&format!("--threads {n}")),
+            "{e}"
+        );
+    }
+    let (st, _) = ok(ablate().arg("--status"));
+    let run = st
+        .lines()
+        .find(|l| l.starts_with("pending") && l.contains("utp"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_string();
+    let dir = results.join("mini_scale/runs").join(&run);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("lock.json"),
+        r#"{"host":"node-gone","pid":4242,"start":"2026-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let (st, _) = ok(ablate().arg("--status"));
+    assert!(st.contains("by node-gone:4242"), "{st}");
+    let (out, _) = ok(ablate().args(["--break-lock", &run]));
+    assert!(
+        out.contains("removed the lock") && out.contains("node-gone:4242"),
+        "{out}"
+    );
+    assert!(!dir.join("lock.json").exists());
+    let (out, _) = ok(ablate().args(["--break-lock", &run]));
+    assert!(out.contains("not locked"), "{out}");
+    let o = ablate()
+        .args(["--break-lock", "nope-12345678"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && one_error(&e) && e.contains("no run"),
+        "{e}"
     );
 }

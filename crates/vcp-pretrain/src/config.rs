@@ -373,6 +373,12 @@ impl PretrainConfig {
         m
     }
 
+    /// The architecture of the weights after `done` steps: that of the last step taken (the
+    /// final phase's input size takes effect when its first step begins, not before).
+    pub fn model_after(&self, done: usize) -> ClipConfig {
+        self.model_at(done.saturating_sub(1))
+    }
+
     /// The batch size at `step`: `train.final_batch_size` during the final phase.
     pub fn batch_at(&self, step: usize) -> usize {
         match self.train.final_batch_size {

@@ -182,10 +182,19 @@ impl Trainer {
             .filter(|p| p.name != PATCH_SCALE)
             .map(|p| (p.name.clone(), p.var.as_tensor().clone()))
             .collect();
-        Ok(ClipWeights::from_tensors(
-            self.cfg.model_at(self.step),
-            tensors,
-        )?)
+        Ok(ClipWeights::from_tensors(self.current_model()?, tensors)?)
+    }
+
+    /// The architecture the variables have now: `model` at the input size of the positional
+    /// embedding as it stands (it changes when a step enters the final phase, so neither the
+    /// step count before nor after that step names it in every case).
+    pub fn current_model(&self) -> Result<vcp_clip::ClipConfig> {
+        let mut m = self.cfg.model.clone();
+        if let Some(p) = self.params.iter().find(|p| p.name == VISION_POS) {
+            let grid = ((p.var.as_tensor().dim(0)? - 1) as f64).sqrt().round() as usize;
+            m.vision.image_size = grid * m.vision.patch_size;
+        }
+        Ok(m)
     }
 
     /// Both towers built from the variables, differentiable kernels, native input size.
@@ -504,7 +513,7 @@ impl Trainer {
                 }
             );
         }
-        ClipWeights::from_tensors(cfg.model_at(step), clip_part)
+        ClipWeights::from_tensors(cfg.model_after(step), clip_part)
             .map_err(|e| anyhow::anyhow!("{}: {e}", spath.display()))?;
         for (name, t) in &params {
             for moment in ["adam_m", "adam_v"] {
@@ -549,7 +558,7 @@ impl Trainer {
             .with_context(|| format!("{}: cannot write", st.display()))?;
         // The numbers a user can check: computed here from the exported (f16) file exactly as
         // `card_check` recomputes them from the embedded preset.
-        let model = self.cfg.model_at(self.step);
+        let model = self.current_model()?;
         let exported = load_exported(&st, &model)?;
         let check = card_check(&exported, self.cfg.corpus.seed)?;
         let meta = serde_json::json!({

@@ -594,3 +594,61 @@ fn one_pretraining_per_folder_and_bounded_settings() {
         assert!(e.contains(want) && e.contains("bad.toml"), "{key}: {e}");
     }
 }
+
+/// The boundary of the final phase: after the last step of the main phase the weights are still
+/// at the main size (the held-out evaluation and the checkpoint there read them as such), the
+/// next step resizes them, a resume from the boundary's checkpoint goes on, and the export is
+/// at the final size. (A recipe whose evaluation fell on the boundary once stopped here.)
+#[test]
+fn evaluation_checkpoint_and_resume_at_the_final_phase_boundary() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    let mut c = cfg();
+    c.train.steps = 4;
+    c.train.final_size = Some(48);
+    c.train.final_steps = 2;
+    c.train.final_batch_size = Some(4);
+    c.train.checkpoint_every = 2;
+    c.train.eval_every = 2;
+    let opts = |resume| vcp_pretrain::run::RunOptions {
+        out: out.clone(),
+        resume,
+        device: candle_core::Device::Cpu,
+        provenance: serde_json::json!({}),
+        progress: false,
+    };
+    // Stop at the boundary (2 steps), as an interruption would, then resume across it.
+    let mut first = c.clone();
+    first.train.steps = 2;
+    first.train.final_size = None;
+    first.train.final_steps = 0;
+    first.train.final_batch_size = None;
+    vcp_pretrain::run::run(first, &opts(false)).unwrap();
+    let s = vcp_pretrain::run::run(c.clone(), &opts(true)).unwrap();
+    assert_eq!(s.steps, 4);
+    let held = std::fs::read_to_string(out.join("heldout.csv")).unwrap();
+    let sizes: Vec<&str> = held
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap())
+        .collect();
+    assert_eq!(sizes, ["32", "48"], "{held}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("test_tiny_v2.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["config"]["vision"]["image_size"], 48);
+    // The same recipe in one go: the eval at the boundary (step 2) is at the main size.
+    let out2 = d.path().join("run2");
+    let o2 = vcp_pretrain::run::RunOptions {
+        out: out2.clone(),
+        ..opts(false)
+    };
+    vcp_pretrain::run::run(c, &o2).unwrap();
+    let held2 = std::fs::read_to_string(out2.join("heldout.csv")).unwrap();
+    let sizes2: Vec<&str> = held2
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap())
+        .collect();
+    assert_eq!(sizes2, ["32", "48"], "{held2}");
+}

@@ -140,7 +140,13 @@ impl Disk {
             }
             return;
         }
-        match vcp_data::io::write_atomic(&self.path(key), &bytes) {
+        let path = self.path(key);
+        // A FIFO or link planted at an entry's name in the shared folder is replaced (it was
+        // reported and ignored on reading); `write_atomic` itself never replaces such files.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_file()) {
+            let _ = std::fs::remove_file(&path);
+        }
+        match vcp_data::io::write_atomic(&path, &bytes) {
             Ok(()) => {
                 self.used.fetch_add(size, Ordering::Relaxed);
                 self.writes.fetch_add(1, Ordering::Relaxed);

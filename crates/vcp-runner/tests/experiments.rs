@@ -71,12 +71,28 @@ fn presets_and_their_experiment_file_forms_agree() {
         ("april_gan", "april_gan"),
         ("anomaly_clip", "anomaly_clip"),
     ];
+    // The presets keep the paper's resolution-dependent fusion (top 2000 pixels, sigma 4 at
+    // 518 px); the benchmark's file sets its own for 128 px maps, for every variant.
+    let base: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.join("vcp_clip_tiny.toml")).unwrap()).unwrap();
+    let fusion = base["fusion"].as_table().unwrap();
+    let sigma = fusion["sigma"].as_float().unwrap();
+    let score = toml::Value::Table(fusion["image_score"].as_table().unwrap().clone());
+    let ablation: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.join("ablate_default.toml")).unwrap()).unwrap();
     let mut text = format!(
-        "name = \"ablate_default\"\nbase = {:?}\nseeds = [0, 1, 2]\nset = {{ \"train.epochs\" = 4, \"train.augment\" = false }}\n",
-        dir.join("vcp_clip_tiny.toml").display().to_string()
+        "name = \"ablate_default\"\nbase = {:?}\nseeds = [0, 1, 2]\nset = {}\n",
+        dir.join("vcp_clip_tiny.toml").display().to_string(),
+        toml::Value::Table(ablation["set"].as_table().unwrap().clone())
     );
     for (variant, preset) in pairs {
-        text += &format!("[[variant]]\nname = {variant:?}\npreset = {preset:?}\n");
+        let own_score = matches!(preset, "april_gan" | "anomaly_clip");
+        let set = if own_score {
+            format!("{{ \"fusion.sigma\" = {sigma:?} }}")
+        } else {
+            format!("{{ \"fusion.sigma\" = {sigma:?}, \"fusion.image_score\" = {score} }}")
+        };
+        text += &format!("[[variant]]\nname = {variant:?}\npreset = {preset:?}\nset = {set}\n");
     }
     let p = tmp.path().join("by_preset.toml");
     std::fs::write(&p, text).unwrap();

@@ -98,8 +98,13 @@ fn three_adam_steps_match_pytorch() {
                 err = err.max((ours - theirs).abs());
                 size = size.max(theirs.abs());
             }
-            println!(
-                "step {} {name}: update {size:.3e}, error {err:.3e} (start drift {drift:.1e})",
+            // Every step starts where PyTorch's did: the earlier updates agree to f32 rounding
+            // (measured: bit for bit), so the comparison of this update is not of two paths
+            // that have already parted.
+            let scale = prev.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                drift <= 1e-6 * scale + 1e-9,
+                "step {} {name}: starts {drift:.1e} away from PyTorch's weights",
                 step + 1
             );
             assert!(size > 0.0, "{name}: PyTorch did not move it");

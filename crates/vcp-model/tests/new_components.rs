@@ -423,8 +423,8 @@ fn category_tokens_must_fit_the_text_context() {
     );
 }
 
-/// AnomalyCLIP's training loss (its `train.py`): `4 x` per map (focal + Dice(anomalous, mask)
-/// + Dice(normal, 1 - mask)) plus the cross-entropy of the normalised class token against the
+/// AnomalyCLIP's training loss (its `train.py`): `4 x` per map (focal, Dice(anomalous, mask),
+/// Dice(normal, 1 - mask)) plus the cross-entropy of the normalised class token against the
 /// two text embeddings at scale 1/0.07. Checked against a float64 hand computation of the
 /// image term and of the extra Dice, on top of the per-map terms the loss reports.
 #[test]

@@ -250,7 +250,7 @@ impl PretrainConfig {
                 t.batch_size
             );
         }
-        if !(t.lr <= 1.0) {
+        if t.lr > 1.0 {
             anyhow::bail!("train.lr = {}: must be at most 1", t.lr);
         }
         for (i, b) in t.betas.iter().enumerate() {

@@ -553,7 +553,7 @@ impl Trainer {
         let st = dir.join(format!("{name}.safetensors"));
         let tmp = tempfile::NamedTempFile::new_in(dir)?;
         candle_core::safetensors::save(&t, tmp.path())?;
-        readable(tmp.as_file())?;
+        readable(tmp.path())?;
         tmp.persist(&st)
             .with_context(|| format!("{}: cannot write", st.display()))?;
         // The numbers a user can check: computed here from the exported (f16) file exactly as
@@ -724,13 +724,16 @@ fn first_difference(a: &vcp_clip::ClipConfig, b: &vcp_clip::ClipConfig) -> Strin
 }
 
 /// Temporary files are created 0600; what we persist is an ordinary 0644 file.
-fn readable(f: &std::fs::File) -> Result<()> {
+/// Make a finished output readable by others (0644, as any file a user writes); temporary
+/// files are created 0600. By path: a writer may have replaced the temporary file's inode.
+fn readable(path: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("{}", path.display()))?;
     }
-    let _ = f;
+    let _ = path;
     Ok(())
 }
 
@@ -744,7 +747,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
     tmp.write_all(bytes)
         .with_context(|| format!("{}: cannot write", path.display()))?;
-    readable(tmp.as_file())?;
+    readable(tmp.path())?;
     tmp.persist(path)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())

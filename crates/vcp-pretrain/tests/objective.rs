@@ -637,6 +637,16 @@ fn evaluation_checkpoint_and_resume_at_the_final_phase_boundary() {
         serde_json::from_str(&std::fs::read_to_string(out.join("test_tiny_v2.json")).unwrap())
             .unwrap();
     assert_eq!(card["config"]["vision"]["image_size"], 48);
+    // The export is readable by others, as any file the user writes (it was 0600, a temporary
+    // file's mode).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["test_tiny_v2.safetensors", "test_tiny_v2.json"] {
+            let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{f}");
+        }
+    }
     // The same recipe in one go: the eval at the boundary (step 2) is at the main size.
     let out2 = d.path().join("run2");
     let o2 = vcp_pretrain::run::RunOptions {

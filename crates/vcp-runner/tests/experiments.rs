@@ -288,7 +288,8 @@ fn unknown_keys_are_reported_at_their_own_line_in_the_users_file() {
     );
     // In a plain experiment file: the key's own line, not the table's preceding blank line.
     let base = std::fs::read_to_string(d.path().join("base.toml")).unwrap();
-    let bad = base.replacen("sigma = 8.0", "sigma = 8.0\nsigmaa = 2.0", 1);
+    let bad = base.replacen("\nsigma = ", "\nsigmaa = 2.0\nsigma = ", 1);
+    assert_ne!(bad, base, "the base file has a `sigma` line");
     let line = bad.lines().position(|l| l.starts_with("sigmaa")).unwrap() + 1;
     let e = vcp_runner::config::ExperimentConfig::from_toml(&bad, std::path::Path::new("exp.toml"))
         .unwrap_err();

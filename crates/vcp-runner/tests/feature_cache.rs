@@ -129,7 +129,8 @@ fn a_shared_cache_cannot_be_poisoned() {
         .features(&m, &px, &keys, &dev)
         .unwrap();
     let entry = files(&d.path().join("fc"))[0].clone();
-    let poisons: Vec<(&str, Box<dyn Fn(&std::path::Path)>)> = vec![
+    type Poison = Box<dyn Fn(&std::path::Path)>;
+    let poisons: Vec<(&str, Poison)> = vec![
         // More taps than the model has (the tensors are not there).
         (
             "tap count",

@@ -313,7 +313,30 @@ fn provenance_footer(records: &[Record], stale: &[String]) -> String {
         };
         format!("{}{dirty}", &c[..c.len().min(12)])
     });
-    let commands = uniq(&|r: &Record| r.command.clone());
+    // Runs done by worker processes record the child's command line (`... --worker`): the
+    // footer names the equivalent command a user types (`... --workers N`, N = the processes
+    // that did runs; the table does not depend on N).
+    let workers = {
+        let mut pids: Vec<String> = records
+            .iter()
+            .filter(|r| r.command.split_whitespace().any(|a| a == "--worker"))
+            .filter(|r| !r.command.contains("--run-list"))
+            .filter_map(|r| r.worker.as_ref().map(|w| format!("{}:{}", w.host, w.pid)))
+            .collect();
+        pids.sort();
+        pids.dedup();
+        pids.len().max(1)
+    };
+    let commands = uniq(&|r: &Record| {
+        let args: Vec<&str> = r.command.split_whitespace().collect();
+        // (Slurm array tasks, `--run-list`, keep their own command lines.)
+        if args.contains(&"--worker") && !args.contains(&"--run-list") {
+            let kept: Vec<&str> = args.into_iter().filter(|a| *a != "--worker").collect();
+            format!("{} --workers {workers}", kept.join(" "))
+        } else {
+            r.command.clone()
+        }
+    });
     let devices = uniq(&|r: &Record| r.device.clone());
     let mut s = format!(
         "Produced by `{commands}`; code {commits}; device {devices}; {} runs.\n",

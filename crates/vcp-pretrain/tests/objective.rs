@@ -393,23 +393,19 @@ fn held_out_kinds_never_contribute_to_the_patch_and_state_terms() {
 fn v2_training_lowers_the_patch_term_and_resumes_bit_identically() {
     let mut a = Trainer::new(cfg(), Device::Cpu).unwrap();
     let b0 = a.batch_for_step(0).unwrap();
-    let first = a
-        .loss_parts(&b0)
-        .unwrap()
-        .patch
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let patch = |t: &Trainer| -> f32 {
+        t.loss_parts(&b0)
+            .unwrap()
+            .patch
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let first = patch(&a);
     for _ in 0..8 {
         a.train_step(&b0).unwrap();
     }
-    let last = a
-        .loss_parts(&b0)
-        .unwrap()
-        .patch
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let last = patch(&a);
     assert!(last < first - 0.02, "patch term {first} -> {last}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -626,13 +622,7 @@ fn evaluation_checkpoint_and_resume_at_the_final_phase_boundary() {
     vcp_pretrain::run::run(first, &opts(false)).unwrap();
     let s = vcp_pretrain::run::run(c.clone(), &opts(true)).unwrap();
     assert_eq!(s.steps, 4);
-    let held = std::fs::read_to_string(out.join("heldout.csv")).unwrap();
-    let sizes: Vec<&str> = held
-        .lines()
-        .skip(1)
-        .map(|l| l.rsplit(',').next().unwrap())
-        .collect();
-    assert_eq!(sizes, ["32", "48"], "{held}");
+    assert_eq!(heldout_sizes(&out), ["32", "48"]);
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("test_tiny_v2.json")).unwrap())
             .unwrap();
@@ -654,11 +644,14 @@ fn evaluation_checkpoint_and_resume_at_the_final_phase_boundary() {
         ..opts(false)
     };
     vcp_pretrain::run::run(c, &o2).unwrap();
-    let held2 = std::fs::read_to_string(out2.join("heldout.csv")).unwrap();
-    let sizes2: Vec<&str> = held2
-        .lines()
+    assert_eq!(heldout_sizes(&out2), ["32", "48"]);
+}
+
+/// The input size of every held-out evaluation in a run's `heldout.csv` (its last column).
+fn heldout_sizes(out: &Path) -> Vec<String> {
+    let held = std::fs::read_to_string(out.join("heldout.csv")).unwrap();
+    held.lines()
         .skip(1)
-        .map(|l| l.rsplit(',').next().unwrap())
-        .collect();
-    assert_eq!(sizes2, ["32", "48"], "{held2}");
+        .map(|l| l.rsplit(',').next().unwrap().to_string())
+        .collect()
 }

@@ -35,7 +35,7 @@ pub struct Args {
 }
 
 fn read_scores(path: &Path) -> Result<HashMap<String, f32>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let text = vcp_data::io::read_regular_string(path, 1 << 30)?;
     let mut lines = text.lines();
     let header = lines.next().unwrap_or("").trim();
     if header.replace(' ', "") != "img_path,score" {
@@ -64,7 +64,15 @@ fn read_scores(path: &Path) -> Result<HashMap<String, f32>> {
         if !v.is_finite() {
             bail!("{}: line {}: score is not finite", path.display(), i + 2);
         }
-        out.insert(p.trim().to_string(), v);
+        if out.insert(p.trim().to_string(), v).is_some() {
+            // Two scores for one image: which one the user meant cannot be told.
+            bail!(
+                "{}: line {}: a second score for `{}`",
+                path.display(),
+                i + 2,
+                p.trim()
+            );
+        }
     }
     Ok(out)
 }

@@ -130,6 +130,14 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
                 p.display()
             );
         }
+        // Checked before any image is scored, so a bad entry (a FIFO, which would block when
+        // opened, or a folder named `x.png`) leaves no partial outputs behind.
+        if !std::fs::metadata(p).is_ok_and(|m| m.is_file()) {
+            bail!(
+                "{}: is not a regular file (a FIFO, socket, device or folder)",
+                p.display()
+            );
+        }
     }
     Ok(v)
 }

@@ -80,27 +80,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// `curves_loss.png` and `curves_heldout.png` from the run's `log.csv` / `heldout.csv`.
 pub fn plot_curves(out: &std::path::Path) -> Result<Vec<String>> {
-    let read = |name: &str| -> Result<(Vec<String>, Vec<Vec<f64>>)> {
-        let text = std::fs::read_to_string(out.join(name))?;
-        let mut lines = text.lines();
-        let header: Vec<String> = lines
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .map(String::from)
-            .collect();
-        // A killed run or a full disk can leave a short last line: rows without every column
-        // are skipped, not indexed.
-        let rows = lines
-            .map(|l| {
-                l.split(',')
-                    .map(|v| v.parse().unwrap_or(f64::NAN))
-                    .collect::<Vec<f64>>()
-            })
-            .filter(|r| r.len() == header.len())
-            .collect();
-        Ok((header, rows))
-    };
+    let read = |name: &str| vcp_pretrain::run::read_log(&out.join(name));
     let mut written = Vec::new();
     let (h, rows) = read("log.csv")?;
     let col = |name: &str| h.iter().position(|c| c == name);

@@ -236,6 +236,50 @@ fn bad_maps_are_one_line_errors_or_skipped() {
         String::from_utf8_lossy(&r.stderr)
     );
 
+    // Two scores for one image in --scores (issue 25): which one was meant cannot be told.
+    let scores = c.join("scores.csv");
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let first = text.lines().nth(1).unwrap().to_string();
+    let img = first.rsplit_once(',').unwrap().0.to_string();
+    std::fs::write(&scores, format!("{text}{img},0.5\n")).unwrap();
+    let line = text.lines().count() + 1;
+    let sp = scores.to_str().unwrap();
+    expect_error(
+        &[
+            "eval-maps",
+            "--meta",
+            m,
+            "--maps",
+            mp,
+            "--scores",
+            sp,
+            "--out",
+            o,
+        ],
+        &format!("scores.csv: line {line}: a second score for `{img}`"),
+    );
+    // A FIFO as the scores file is refused before it is opened (opening would block).
+    std::fs::remove_file(&scores).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&scores)
+        .status()
+        .unwrap()
+        .success());
+    expect_error(
+        &[
+            "eval-maps",
+            "--meta",
+            m,
+            "--maps",
+            mp,
+            "--scores",
+            sp,
+            "--out",
+            o,
+        ],
+        "not a regular file",
+    );
+
     // Bad meta.
     std::fs::write(&meta, "{\"test\": {\"x\": [{\"img_path\": \"a.png\"}]}}").unwrap();
     expect_error(

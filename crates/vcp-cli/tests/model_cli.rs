@@ -360,3 +360,64 @@ fn synth_command_is_deterministic() {
             && dir.path().join("a/meta_beta.json").exists()
     );
 }
+
+/// Issue 25 (7): a FIFO named like an image inside `--images DIR` is refused before it is opened
+/// (opening one blocks until a writer comes), with one error naming it; nothing is written.
+#[test]
+fn predict_refuses_a_fifo_among_the_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir_all(&imgs).unwrap();
+    std::fs::copy(official().join("img1.png"), imgs.join("a.png")).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(imgs.join("b.png"))
+        .status()
+        .unwrap()
+        .success());
+    let out = dir.path().join("pred");
+    let mut child = vcp()
+        .args(["predict", "--checkpoint"])
+        .arg(official().join("vcp_trainables.pth"))
+        .arg("--clip")
+        .arg(official().join("clip_openai.safetensors"))
+        .args([
+            "--size",
+            "80",
+            "--layers",
+            "3,6,9,12",
+            "--activation",
+            "gelu",
+        ])
+        .arg("--images")
+        .arg(&imgs)
+        .arg("--out")
+        .arg(&out)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed().as_secs() > 300 {
+            child.kill().unwrap();
+            panic!("vcp predict blocked on the FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("b.png") && e.contains("not a regular file") && !e.contains("panicked"),
+        "{e}"
+    );
+    assert_eq!(
+        e.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{e}"
+    );
+    assert!(
+        !out.join("a.npy").exists(),
+        "nothing scored before the refusal"
+    );
+}

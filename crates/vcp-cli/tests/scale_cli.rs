@@ -562,3 +562,116 @@ fn cache_sizes_threads_and_break_lock() {
         "{e}"
     );
 }
+
+/// Run `cmd` for at most `secs`: a command that opened a FIFO would block forever; here it is
+/// killed and the test fails instead of hanging CI.
+fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed().as_secs() > secs {
+            child.kill().unwrap();
+            panic!("{cmd:?} still running after {secs} s (blocked on a special file?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Issue 25 (7, 8): a `--run-list` that is a FIFO or `/dev/zero` is refused before it is opened;
+/// a non-ASCII or non-hash line in it is one error naming the file and line.
+#[test]
+fn special_files_and_damaged_run_lists_are_one_line_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let fifo = d.path().join("runs.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let bad_line = d.path().join("runs.txt");
+    std::fs::write(&bad_line, "é€漢字🙂 not a hash\n").unwrap();
+    for (list, needle) in [
+        (fifo.as_path(), "not a regular file".to_string()),
+        (Path::new("/dev/zero"), "not a regular file".to_string()),
+        (
+            bad_line.as_path(),
+            format!("{}, line 1: run é€漢字🙂 n", bad_line.display()),
+        ),
+    ] {
+        let o = output_within(
+            vcp(&cache)
+                .arg("ablate")
+                .arg(&file)
+                .arg("--results")
+                .arg(&results)
+                .arg("--run-list")
+                .arg(list)
+                .args(["--run-index", "0"]),
+            120,
+        );
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && one_error(&e) && e.contains(&needle) && !e.contains("panicked"),
+            "{}: {e}",
+            list.display()
+        );
+    }
+    assert!(
+        !results.join("mini_scale/runs").exists(),
+        "no run was started"
+    );
+}
+
+/// Issue 25 (10): a write that fails for lack of room (here: the file-size limit, which fails
+/// like a full disk, through the same code) is one error that names its file once, and leaves
+/// neither the file nor a temporary behind.
+#[test]
+fn a_failed_write_names_its_file_once() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let base = vcp(&cache);
+    let mut c = Command::new("bash");
+    c.arg("-c")
+        // `trap '' XFSZ`: the write fails with EFBIG instead of the signal killing the process.
+        .arg("ulimit -f 64; trap '' XFSZ; exec \"$@\"")
+        .arg("bash")
+        .arg(base.get_program())
+        .args(["ablate"])
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .args(["--set", "train.epochs=1", "--seeds", "0"]);
+    for (k, v) in base.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let o = c.output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("File too large"), "{e}");
+    let line = e.lines().find(|l| l.starts_with("error:")).unwrap();
+    let path = line
+        .split_whitespace()
+        .find(|w| w.starts_with('/'))
+        .unwrap()
+        .trim_end_matches(':');
+    assert_eq!(line.matches(path).count(), 1, "{line}");
+    // Nothing half-written: neither the file nor its temporary.
+    let p = Path::new(path);
+    assert!(!p.exists());
+    let left: Vec<_> = std::fs::read_dir(p.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".vcp-tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

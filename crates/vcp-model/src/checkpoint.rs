@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub enum CheckpointError {
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
+    /// A write or read of ours that already names its file (the path is not repeated).
+    #[error("{0}")]
+    Data(#[from] vcp_data::DataError),
 }
 
 fn ferr(path: &Path, msg: impl std::fmt::Display) -> CheckpointError {
@@ -262,7 +265,7 @@ pub fn save(
     }
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| ferr(path, e))?;
     let sha = format!("{:x}", Sha256::digest(&bytes));
-    vcp_data::io::write_atomic(path, &bytes).map_err(|e| ferr(path, e))?;
+    vcp_data::io::write_atomic(path, &bytes)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -270,7 +273,6 @@ pub fn save(
     vcp_data::io::write_atomic(
         &path.with_extension("safetensors.sha256"),
         format!("{sha}  {name}\n").as_bytes(),
-    )
-    .map_err(|e| ferr(path, e))?;
+    )?;
     Ok(sha)
 }

@@ -46,6 +46,20 @@ fn install_interrupt() -> Arc<AtomicBool> {
 
 fn append(path: &Path, header: &str, line: &str) -> Result<()> {
     let new = !path.exists();
+    // A run killed mid-write (or a full disk) can leave a last line without its newline: it
+    // is ended first, so the new line stays a line of its own ([`read_log`] skips the short one).
+    let unterminated = !new && {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?;
+        let len = f.metadata()?.len();
+        let mut last = [b'\n'];
+        if len > 0 {
+            f.seek(SeekFrom::Start(len - 1))?;
+            f.read_exact(&mut last)?;
+        }
+        last[0] != b'\n'
+    };
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -54,8 +68,35 @@ fn append(path: &Path, header: &str, line: &str) -> Result<()> {
     if new {
         writeln!(f, "{header}")?;
     }
+    if unterminated {
+        writeln!(f)?;
+    }
     writeln!(f, "{line}").with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
+}
+
+/// A log of ours (`log.csv`, `heldout.csv`) as its header and the rows that are complete: a
+/// row without every column or with a value that is not a finite number (the short last line
+/// of a killed run) is skipped, never indexed. Errors name the file.
+pub fn read_log(path: &Path) -> Result<(Vec<String>, Vec<Vec<f64>>)> {
+    let text = vcp_data::io::read_regular_string(path, 1 << 30)?;
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .with_context(|| format!("{}: empty", path.display()))?
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .collect();
+    let rows = lines
+        .filter_map(|l| {
+            let r: Vec<f64> = l
+                .split(',')
+                .map(|v| v.trim().parse::<f64>().ok().filter(|x| x.is_finite()))
+                .collect::<Option<_>>()?;
+            (r.len() == header.len()).then_some(r)
+        })
+        .collect();
+    Ok((header, rows))
 }
 
 /// `--out`'s lock: one `vcp pretrain-clip` per folder (two would interleave their logs and

@@ -655,3 +655,72 @@ fn heldout_sizes(out: &Path) -> Vec<String> {
         .map(|l| l.rsplit(',').next().unwrap().to_string())
         .collect()
 }
+
+/// Issue 25 (8): state files of ours damaged without a panic. A killed run's short last line of
+/// `log.csv` is skipped by the reader and ended before a resumed run appends, so the new step is
+/// a complete line; a checkpoint whose AdamW moment has another shape than its parameter is an
+/// error naming the file and the tensor.
+#[test]
+fn a_short_log_line_and_misshapen_adam_moments_are_handled() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    let mut c = cfg();
+    c.train.steps = 2;
+    c.train.checkpoint_every = 1;
+    c.train.eval_every = 2;
+    let opts = |resume| vcp_pretrain::run::RunOptions {
+        out: out.clone(),
+        resume,
+        device: Device::Cpu,
+        provenance: serde_json::json!({}),
+        progress: false,
+    };
+    vcp_pretrain::run::run(c.clone(), &opts(false)).unwrap();
+    let log = out.join("log.csv");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let cols = lines[0].split(',').count();
+    // Killed while writing step 2: the line stops after its third value.
+    let short: String = lines[2].split(',').take(3).collect::<Vec<_>>().join(",");
+    std::fs::write(&log, format!("{}\n{}\n{short}", lines[0], lines[1])).unwrap();
+    let (h, rows) = vcp_pretrain::run::read_log(&log).unwrap();
+    assert_eq!((h.len(), rows.len()), (cols, 1));
+    assert_eq!(rows[0][0], 1.0);
+    // Resume for one more step: its line stands alone and is read back.
+    c.train.steps = 3;
+    vcp_pretrain::run::run(c.clone(), &opts(true)).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(&format!("\n{short}\n3,")), "{text}");
+    let (_, rows) = vcp_pretrain::run::read_log(&log).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r[0]).collect::<Vec<_>>(),
+        vec![1.0, 3.0]
+    );
+    // An AdamW moment with the wrong shape.
+    let ck = out.join("checkpoint/checkpoint.safetensors");
+    let mut all = candle_core::safetensors::load(&ck, &Device::Cpu).unwrap();
+    let key = all
+        .keys()
+        .find(|k| k.starts_with("adam_m/") && k.ends_with("ln_final.weight"))
+        .or_else(|| all.keys().find(|k| k.starts_with("adam_m/")))
+        .unwrap()
+        .clone();
+    let n = all[&key].elem_count();
+    all.insert(
+        key.clone(),
+        Tensor::zeros((n + 1,), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&all, &ck).unwrap();
+    let e = format!(
+        "{:#}",
+        Trainer::resume(c.clone(), Device::Cpu, &out.join("checkpoint"))
+            .err()
+            .unwrap()
+    );
+    assert!(
+        e.contains("checkpoint.safetensors")
+            && e.contains(&format!("`{key}` has shape [{}]", n + 1)),
+        "{e}"
+    );
+}

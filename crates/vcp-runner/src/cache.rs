@@ -152,16 +152,23 @@ impl Disk {
                 self.writes.fetch_add(1, Ordering::Relaxed);
             }
             Err(err) => {
-                if self.writable.swap(false, Ordering::Relaxed) {
-                    let full = err.to_string().contains("No space left");
+                let msg = err.to_string();
+                // A full disk or an unwritable folder stops the writes of this process; a
+                // problem with one entry's name (a folder planted there) only skips that entry.
+                let folder_wide = msg.contains("No space left")
+                    || msg.contains("Permission denied")
+                    || msg.contains("Read-only file system")
+                    || !self.opts.dir.is_dir();
+                if !folder_wide {
+                    eprintln!("feature cache: entry not written: {msg}");
+                } else if self.writable.swap(false, Ordering::Relaxed) {
+                    let why = if msg.contains("No space left") {
+                        format!("{}: the disk is full", self.opts.dir.display())
+                    } else {
+                        msg
+                    };
                     eprintln!(
-                        "feature cache {}: {}; features are computed without writing them from now on",
-                        self.opts.dir.display(),
-                        if full {
-                            "the disk is full".to_string()
-                        } else {
-                            err.to_string()
-                        }
+                        "feature cache {why}; features are computed without writing them from now on"
                     );
                 }
             }

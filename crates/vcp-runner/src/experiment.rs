@@ -203,12 +203,21 @@ pub fn parse_set(s: &str) -> Result<(String, Value)> {
     let (k, v) = s
         .split_once('=')
         .with_context(|| format!("--set `{s}`: expected key=value"))?;
-    let v = v.trim();
-    let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| Value::String(v.to_string()));
-    Ok((k.trim().to_string(), value))
+    let (k, v) = (k.trim(), v.trim());
+    if k.is_empty() {
+        bail!("--set `{s}`: the key before `=` is empty");
+    }
+    let value = match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(Value::String(v.to_string())),
+        // A bare word is a string (`--set model.head=linear`); a value that starts like a
+        // TOML list, table or quoted string but does not parse is a typo, not a string.
+        Err(e) if v.starts_with(['[', '{', '"', '\'']) => bail!(
+            "--set {k}: `{v}` is not a valid TOML value ({})",
+            e.message()
+        ),
+        Err(_) => Value::String(v.to_string()),
+    };
+    Ok((k.to_string(), value))
 }
 
 fn sets_of(v: Option<&Value>, what: &str, file: &Path) -> Result<Vec<(String, Value)>> {
@@ -541,7 +550,16 @@ fn parse_seeds(
 ) -> Result<Vec<u64>> {
     Ok(match cli {
         Some([]) => bail!("--seeds: give at least one seed"),
-        Some(s) => s.to_vec(),
+        Some(s) => {
+            // Seeds live in TOML configs, whose integers are i64.
+            if let Some(big) = s.iter().find(|&&v| v > i64::MAX as u64) {
+                bail!(
+                    "--seeds: {big} is larger than the largest seed, {}",
+                    i64::MAX
+                );
+            }
+            s.to_vec()
+        }
         None => match top.get("seeds") {
             Some(Value::Array(a)) if !a.is_empty() => a
                 .iter()
@@ -557,7 +575,12 @@ fn parse_seeds(
                 "{}: `seeds` must be a non-empty list of integers, e.g. seeds = [0, 1, 2]",
                 file.display()
             ),
-            None => vec![base.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64],
+            None => match base.get("seed") {
+                None => vec![0],
+                Some(v) => vec![v.as_integer().filter(|&i| i >= 0).with_context(|| {
+                    format!("{}: `seed` must be a non-negative integer", file.display())
+                })? as u64],
+            },
         },
     })
 }

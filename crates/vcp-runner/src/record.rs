@@ -83,11 +83,45 @@ pub struct Qualitative {
 }
 
 impl Record {
-    /// Read a `record.json`; errors name the file.
+    /// Read a `record.json`; errors name the file. A record whose metrics could not come from
+    /// our evaluation (a score outside [0, 1], not finite; a category twice) is refused, so an
+    /// edited or damaged record is never averaged into a table.
     pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = vcp_data::io::read_regular_string(path, 64 << 20)?;
+        let r: Record =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        r.check()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        Ok(r)
+    }
+
+    /// The metric values are scores in [0, 1] and each category appears once.
+    fn check(&self) -> Result<(), String> {
+        let all = std::iter::once(("mean", &self.metrics.mean)).chain(
+            self.metrics
+                .categories
+                .0
+                .iter()
+                .map(|(c, m)| (c.as_str(), m)),
+        );
+        for (where_, m) in all {
+            for col in vcp_metrics::COLUMNS {
+                if let Some(v) = m.get(col) {
+                    if !(0.0..=1.0).contains(&v) {
+                        return Err(format!(
+                            "metrics of `{where_}`: {col} = {v} is not a score in [0, 1]"
+                        ));
+                    }
+                }
+            }
+        }
+        let cats: Vec<&String> = self.metrics.categories.keys().collect();
+        for (i, c) in cats.iter().enumerate() {
+            if cats[..i].contains(c) {
+                return Err(format!("category `{c}` appears twice in the metrics"));
+            }
+        }
+        Ok(())
     }
 
     /// The run's folder under `results/<experiment>` (`runs/<variant>-<hash8>`, as

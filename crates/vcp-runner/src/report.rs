@@ -282,7 +282,26 @@ pub fn report(
         .file_name()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    let footer = provenance_footer(&records, &stale);
+    let mut footer = provenance_footer(&records, &stale);
+    // A variant of the file without a record of its current settings (edited since its runs,
+    // or not run yet) is named, never silently absent from the table.
+    let absent: Vec<&String> = order
+        .iter()
+        .filter(|v| !records.iter().any(|r| &r.variant == *v))
+        .collect();
+    if !absent.is_empty() {
+        let names = absent
+            .iter()
+            .map(|v| format!("`{v}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        eprintln!(
+            "warning: no record of the current settings for variant(s) {names} (edited since their runs, or not run yet): not in the table; run `vcp ablate` to add them"
+        );
+        footer.push_str(&format!(
+            "Not in the table (no record of their current settings): {names}.\n"
+        ));
+    }
     let md = write_tables(exp_dir, &summary, reference, &title, &footer)?;
     if !stale.is_empty() {
         eprintln!(

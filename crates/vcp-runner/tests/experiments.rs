@@ -395,3 +395,78 @@ fn colliding_names_bad_baselines_huge_grids_and_ignored_seeds_are_errors() {
         );
     }
 }
+
+/// Issue 25 (5, 10): a damaged record (a negative or >1 score, a category twice) is an error
+/// naming its file, never averaged in; a variant of the file without a record of its current
+/// settings is named under the table; `--seeds` beyond TOML's integers and a `--set` value that
+/// is broken TOML are errors naming the seed and the key.
+#[test]
+fn damaged_records_absent_variants_big_seeds_and_broken_set_values() {
+    registry();
+    let d = tempfile::tempdir().unwrap();
+    let p = write_ablation(
+        d.path(),
+        "name = \"x\"",
+        "[[variant]]\nname = \"b\"\nset = { \"fusion.sigma\" = 2.0 }\n",
+    );
+    let ab = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    let exp = d.path().join("res/x");
+    let put = |dir: &str, r: &vcp_runner::record::Record| {
+        let f = exp.join("runs").join(dir);
+        std::fs::create_dir_all(&f).unwrap();
+        std::fs::write(f.join("record.json"), serde_json::to_string(r).unwrap()).unwrap();
+        f.join("record.json")
+    };
+    // Only variant `a` has a record of its current settings.
+    put("a-0", &record("a", ab.runs[0].seed, &ab.runs[0].hash, 0.75));
+    let (md, _) =
+        vcp_runner::report::report(&exp, &ab.variants, None, &[], Some(&ab.hashes())).unwrap();
+    assert!(md.contains("| a | 1 | 75.00 |"), "{md}");
+    let file = std::fs::read_to_string(exp.join("table.md")).unwrap();
+    assert!(
+        file.contains("Not in the table (no record of their current settings): `b`"),
+        "{file}"
+    );
+    // A negative AUROC in a record: refused, naming the file and the value.
+    let bad = put("a-neg", &record("a", 7, "feedbeef", -0.25));
+    let e = format!(
+        "{:#}",
+        vcp_runner::report::load_records(&exp, None).unwrap_err()
+    );
+    assert!(
+        e.contains(&bad.display().to_string()) && e.contains("auroc_px = -0.25"),
+        "{e}"
+    );
+    // A category twice.
+    let mut twice = record("a", 7, "feedbeef", 0.5);
+    let m = twice.metrics.mean.clone();
+    twice.metrics.categories =
+        vcp_runner::record::OrderedMap(vec![("cable".into(), m.clone()), ("cable".into(), m)]);
+    put("a-neg", &twice);
+    let e = format!(
+        "{:#}",
+        vcp_runner::report::load_records(&exp, None).unwrap_err()
+    );
+    assert!(e.contains("`cable` appears twice"), "{e}");
+    // Seeds are TOML integers (i64).
+    let e = format!(
+        "{:#}",
+        vcp_runner::experiment::load(&p, &[], Some(&[u64::MAX])).unwrap_err()
+    );
+    assert!(
+        e.contains("18446744073709551615") && e.contains("9223372036854775807"),
+        "{e}"
+    );
+    // A broken TOML value names its key; a bare word stays a string.
+    let e = format!(
+        "{:#}",
+        vcp_runner::experiment::parse_set("train.lr=[1,").unwrap_err()
+    );
+    assert!(e.contains("--set train.lr") && e.contains("`[1,`"), "{e}");
+    let (k, v) = vcp_runner::experiment::parse_set("model.head = linear").unwrap();
+    assert_eq!(
+        (k.as_str(), v),
+        ("model.head", toml::Value::String("linear".into()))
+    );
+    assert!(vcp_runner::experiment::parse_set("=1").is_err());
+}

@@ -198,4 +198,18 @@ fn a_shared_cache_cannot_be_poisoned() {
             again.disk_summary()
         );
     }
+    // A folder planted at one entry's name cannot be replaced: that entry is skipped, the
+    // process goes on writing the others (one bad name used to stop every later write).
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::create_dir_all(entry.join("inside")).unwrap();
+    let px2 = vcp_clip::testing::seeded_randn(4, &[2, 3, 64, 64], &dev);
+    let keys2 = vec![Some("img".to_string()), Some("img2".to_string())];
+    let c = FeatureCache::new(1 << 30).with_disk(disk());
+    c.features(&m, &px2, &keys2, &dev).unwrap();
+    assert!(
+        c.disk_summary().contains("0 read, 1 written"),
+        "{}",
+        c.disk_summary()
+    );
+    assert!(entry.is_dir());
 }

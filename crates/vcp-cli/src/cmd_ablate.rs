@@ -477,7 +477,8 @@ pub fn run(a: Args) -> Result<()> {
         if let Some(s) = &a.shard {
             args.extend(["--shard".into(), s.clone()]);
         }
-        let reference_table = std::fs::read_to_string(exp_dir.join("table.csv")).ok();
+        let reference_table =
+            vcp_data::io::read_regular_string(&exp_dir.join("table.csv"), 256 << 20).ok();
         let done = |runs: &[&RunSpec]| {
             runs.iter()
                 .filter(|r| r.dir(&a.results).join("record.json").exists())
@@ -535,7 +536,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     // The committed table is the reference this run is checked against (read before the new
     // table replaces it).
-    let reference_table = std::fs::read_to_string(exp_dir.join("table.csv")).ok();
+    let reference_table =
+        vcp_data::io::read_regular_string(&exp_dir.join("table.csv"), 256 << 20).ok();
     let sum = vcp_runner::runner::run_all(&runs, &ab.name, &opts)?;
     if a.worker {
         eprintln!(
@@ -614,7 +616,7 @@ fn finish(
     );
     match (
         &reference_table,
-        std::fs::read_to_string(exp_dir.join("table.csv")),
+        vcp_data::io::read_regular_string(&exp_dir.join("table.csv"), 256 << 20),
     ) {
         (Some(old), Ok(new)) if ran > 0 => {
             outln!(

@@ -34,6 +34,16 @@ impl ClipError {
     }
 }
 
+/// A bounded read of ours failed (it names its file already).
+impl From<vcp_data::DataError> for ClipError {
+    fn from(e: vcp_data::DataError) -> Self {
+        match e {
+            vcp_data::DataError::File { path, msg } => ClipError::File { path, msg },
+            vcp_data::DataError::Invalid(m) => ClipError::Input(m),
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, ClipError>;
 
 /// Component code works in candle's error type: a backbone error becomes its message (a candle

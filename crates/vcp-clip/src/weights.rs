@@ -96,7 +96,7 @@ impl ClipWeights {
 
     fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ClipError::file(&cfg_path, e))?;
+        let text = vcp_data::io::read_regular_string(&cfg_path, 16 << 20)?;
         let config = ClipConfig::from_hf_json(&text).map_err(|e| ClipError::file(&cfg_path, e))?;
         let st = dir.join("model.safetensors");
         let bin = dir.join("pytorch_model.bin");

@@ -170,7 +170,7 @@ fn tree(root: &Path, fmt: Format) -> Result<Meta> {
 
 fn visa(root: &Path) -> Result<Meta> {
     let csv = root.join("split_csv/1cls.csv");
-    let text = std::fs::read_to_string(&csv).map_err(|e| DataError::file(&csv, e))?;
+    let text = crate::io::read_regular_string(&csv, 256 << 20)?;
     let mut lines = text.lines();
     let header: Vec<String> = lines
         .next()

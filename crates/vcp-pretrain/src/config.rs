@@ -223,8 +223,7 @@ impl PretrainConfig {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let text = vcp_data::io::read_regular_string(path, 16 << 20)?;
         Self::from_toml(&text, path)
     }
 

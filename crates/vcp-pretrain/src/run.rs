@@ -118,7 +118,7 @@ impl FolderLock {
                     return Ok(Self(path));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let line = std::fs::read_to_string(&path).unwrap_or_default();
+                    let line = vcp_data::io::read_regular_string(&path, 4096).unwrap_or_default();
                     if vcp_data::process::line_alive(line.trim()) {
                         anyhow::bail!(
                             "{}: another vcp pretrain-clip is writing to this folder (host, pid: {}); wait for it or choose another --out",

@@ -466,8 +466,10 @@ impl Trainer {
     pub fn resume(cfg: PretrainConfig, device: Device, dir: &Path) -> Result<Self> {
         let jpath = dir.join("checkpoint.json");
         let spath = dir.join("checkpoint.safetensors");
-        let text = std::fs::read_to_string(&jpath)
-            .with_context(|| format!("{}: no checkpoint to resume from", jpath.display()))?;
+        if !jpath.exists() {
+            bail!("{}: no checkpoint to resume from", jpath.display());
+        }
+        let text = vcp_data::io::read_regular_string(&jpath, 16 << 20)?;
         let meta: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: not a checkpoint ({e})", jpath.display()))?;
         if meta.get("format").and_then(|f| f.as_str()) != Some("vcp-pretrain-checkpoint/1") {
@@ -820,7 +822,7 @@ fn warm_start(weights: &str, model: &vcp_clip::ClipConfig) -> Result<HashMap<Str
     } else {
         let path = Path::new(weights);
         let json = path.with_extension("json");
-        let text = std::fs::read_to_string(&json).with_context(|| {
+        let text = vcp_data::io::read_regular_string(&json, 16 << 20).with_context(|| {
             format!(
                 "init.weights: {} (the configuration exported beside the weights)",
                 json.display()

@@ -724,3 +724,23 @@ fn a_short_log_line_and_misshapen_adam_moments_are_handled() {
         "{e}"
     );
 }
+
+/// Issue 25 (7): a `pretrain-clip --config` that is a FIFO or `/dev/zero` is refused before it is
+/// opened (reading either would block or never end).
+#[test]
+fn special_config_files_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("recipe.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for f in [fifo.as_path(), Path::new("/dev/zero")] {
+        let e = format!("{:#}", PretrainConfig::load(f).unwrap_err());
+        assert!(
+            e.contains(&f.display().to_string()) && e.contains("not a regular file"),
+            "{e}"
+        );
+    }
+}

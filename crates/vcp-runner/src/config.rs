@@ -72,6 +72,12 @@ pub struct SynthConfig {
     pub per_category: usize,
 }
 
+/// Bounds of the run settings (see [`ExperimentConfig::check_run_values`]).
+pub const MIN_SYNTH_SIZE: usize = 32;
+pub const MAX_SYNTH_SIZE: usize = 2048;
+pub const MAX_SYNTH_PER_CATEGORY: usize = 10_000;
+pub const MAX_BATCH: usize = 4096;
+
 fn default_synth_size() -> usize {
     128
 }
@@ -186,7 +192,8 @@ impl ExperimentConfig {
                 .unwrap_or_default();
             format!("{}: {msg}{line}", path.display())
         })?;
-        model.check_values().map_err(|msg| {
+        // "key = value: why" → the file and the key's line.
+        let at_line = |msg: String| {
             let key = msg.split(" = ").next().unwrap_or("");
             let leaf = key.rsplit('.').next().unwrap_or(key);
             let from = table_start(text, key.split('.').next().unwrap_or(""));
@@ -194,7 +201,9 @@ impl ExperimentConfig {
                 .map(|l| format!(" (line {l})"))
                 .unwrap_or_default();
             format!("{}: {msg}{line}", path.display())
-        })?;
+        };
+        model.check_values().map_err(at_line)?;
+        raw.check_run_values().map_err(at_line)?;
         Ok(Self {
             prompt: model.prompt,
             deep_prompt: model.deep_prompt,
@@ -206,8 +215,75 @@ impl ExperimentConfig {
         })
     }
 
+    /// The run settings' numbers (`[train]`, `[eval]`, `[synth]`), checked at load time as
+    /// `key = value: why` (the caller adds the file and line): a zero batch, a NaN learning
+    /// rate or a benchmark of 10^10 pixels fails here, not after (or during) the work.
+    pub fn check_run_values(&self) -> Result<(), String> {
+        let range = |k: &str, v: usize, lo: usize, hi: usize| -> Result<(), String> {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{k} = {v}: must be in {lo}..={hi}"))
+            }
+        };
+        let real = |k: &str, v: f64, lo: f64, hi: f64, why: &str| -> Result<(), String> {
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{k} = {v}: {why}"))
+            }
+        };
+        range(
+            "synth.size",
+            self.synth.size,
+            MIN_SYNTH_SIZE,
+            MAX_SYNTH_SIZE,
+        )?;
+        range(
+            "synth.per_category",
+            self.synth.per_category,
+            2,
+            MAX_SYNTH_PER_CATEGORY,
+        )?;
+        if let Some(t) = &self.train {
+            // 0 epochs = the untrained model (experiments/fusion_alpha.toml uses it).
+            range("train.epochs", t.epochs, 0, 100_000)?;
+            range("train.batch_size", t.batch_size, 1, MAX_BATCH)?;
+            if t.lr <= 0.0 {
+                return Err(format!("train.lr = {}: must be a number in (0, 10]", t.lr));
+            }
+            real("train.lr", t.lr, 0.0, 10.0, "must be a number in (0, 10]")?;
+            real(
+                "train.lr_temperature",
+                t.lr_temperature,
+                0.0,
+                10.0,
+                "must be a number in [0, 10]",
+            )?;
+            for (i, b) in t.betas.iter().enumerate() {
+                if !(b.is_finite() && (0.0..1.0).contains(b)) {
+                    return Err(format!("train.betas = {b}: betas[{i}] must be in [0, 1)"));
+                }
+            }
+            real(
+                "train.mosaic_rate",
+                t.mosaic_rate,
+                0.0,
+                1.0,
+                "a probability, in [0, 1]",
+            )?;
+            if let Some(c) = t.loss_chunk {
+                range("train.loss_chunk", c, 1, MAX_BATCH)?;
+            }
+        }
+        if let Some(e) = &self.eval {
+            range("eval.batch_size", e.batch_size, 1, MAX_BATCH)?;
+        }
+        Ok(())
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = vcp_data::io::read_regular_string(path, 64 << 20).map_err(|e| e.to_string())?;
         Self::from_toml(&text, path)
     }
 

@@ -262,7 +262,7 @@ struct Variant {
 
 /// Read an ablation file (or a plain experiment file = one variant) and expand all runs.
 pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) -> Result<Ablation> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+    let text = vcp_data::io::read_regular_string(file, 64 << 20)?;
     let top: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message()))?;
     let name = experiment_name(&top, file)?;
@@ -423,7 +423,7 @@ fn read_base(
         .and_then(|v| v.as_str())
         .with_context(|| format!("{}: `base` (a file name) is required", file.display()))?;
     let bp = dir.join(b);
-    let bt = std::fs::read_to_string(&bp).with_context(|| format!("{}", bp.display()))?;
+    let bt = vcp_data::io::read_regular_string(&bp, 64 << 20)?;
     let base = Value::Table(
         toml::from_str(&bt).map_err(|e| anyhow::anyhow!("{}: {}", bp.display(), e.message()))?,
     );

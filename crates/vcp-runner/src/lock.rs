@@ -116,7 +116,7 @@ pub fn lock_path(run_dir: &Path) -> PathBuf {
 /// The current holder of a run's lock, if any (`None` also for an unreadable lock file that is
 /// being written right now).
 pub fn holder(run_dir: &Path) -> Option<Holder> {
-    let text = std::fs::read_to_string(lock_path(run_dir)).ok()?;
+    let text = vcp_data::io::read_regular_string(&lock_path(run_dir), 1 << 20).ok()?;
     serde_json::from_str(&text).ok()
 }
 

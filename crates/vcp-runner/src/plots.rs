@@ -362,7 +362,8 @@ fn curves_plot(
             continue;
         };
         let dir = r.run_dir(exp_dir);
-        let Ok(text) = std::fs::read_to_string(dir.join("curves.json")) else {
+        let Ok(text) = vcp_data::io::read_regular_string(&dir.join("curves.json"), 256 << 20)
+        else {
             continue;
         };
         let cv: Value = serde_json::from_str(&text)?;

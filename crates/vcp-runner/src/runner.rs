@@ -103,7 +103,7 @@ pub fn run_state(dir: &Path) -> RunState {
             return RunState::Running(h);
         }
     }
-    match std::fs::read_to_string(dir.join(ERROR_FILE)) {
+    match vcp_data::io::read_regular_string(&dir.join(ERROR_FILE), 1 << 20) {
         Ok(t) => RunState::Failed(t.lines().last().unwrap_or("").to_string()),
         Err(_) => RunState::Pending,
     }

@@ -275,7 +275,8 @@ pub fn train(
     let size = model.cfg.backbone.image_size;
     let mut report = TrainReport::default();
     let mut log = if o.resume {
-        std::fs::read_to_string(o.out.join("train_log.jsonl")).unwrap_or_default()
+        vcp_data::io::read_regular_string(&o.out.join("train_log.jsonl"), 1 << 30)
+            .unwrap_or_default()
     } else {
         String::new()
     };

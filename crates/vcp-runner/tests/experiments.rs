@@ -470,3 +470,65 @@ fn damaged_records_absent_variants_big_seeds_and_broken_set_values() {
     );
     assert!(vcp_runner::experiment::parse_set("=1").is_err());
 }
+
+/// Issue 25 (4, 7): the run settings' numbers are checked at load time, naming the key (a zero
+/// batch, a NaN or negative learning rate, a benchmark of 10^10 pixels used to fail, or pass,
+/// only when the run got there); an experiment file that is a FIFO or `/dev/zero` is refused
+/// before it is opened.
+#[test]
+fn run_settings_are_bounded_at_load_time_and_special_files_refused() {
+    registry();
+    let d = tempfile::tempdir().unwrap();
+    let p = write_ablation(d.path(), "name = \"x\"", "");
+    for (set, want) in [
+        (
+            "synth.size=100000",
+            "synth.size = 100000: must be in 32..=2048",
+        ),
+        ("synth.per_category=0", "synth.per_category = 0"),
+        ("train.epochs=1000000", "train.epochs = 1000000"),
+        ("train.batch_size=0", "train.batch_size = 0"),
+        ("eval.batch_size=0", "eval.batch_size = 0"),
+        ("train.lr=nan", "train.lr = NaN"),
+        ("train.lr=-1e-3", "train.lr = -0.001"),
+        ("train.lr_temperature=inf", "train.lr_temperature = inf"),
+        ("train.betas=[1.5, 0.9]", "betas[0] must be in [0, 1)"),
+        ("train.mosaic_rate=2", "train.mosaic_rate = 2"),
+        ("train.loss_chunk=0", "train.loss_chunk = 0"),
+    ] {
+        let s = vcp_runner::experiment::parse_set(set).unwrap();
+        let e = format!(
+            "{:#}",
+            vcp_runner::experiment::load(&p, &[s], None).unwrap_err()
+        );
+        assert!(e.contains(want), "{set}: {e}");
+    }
+    // The same key in a plain experiment file: named with its line.
+    let base = std::fs::read_to_string(d.path().join("base.toml")).unwrap();
+    let bad = base.replacen("batch_size = ", "batch_size = 0 # was ", 1);
+    assert_ne!(bad, base);
+    let line = bad
+        .lines()
+        .position(|l| l.contains("batch_size = 0"))
+        .unwrap()
+        + 1;
+    let e = vcp_runner::config::ExperimentConfig::from_toml(&bad, std::path::Path::new("exp.toml"))
+        .unwrap_err();
+    assert!(
+        e.contains("batch_size = 0") && e.contains(&format!("(line {line})")),
+        "{e} (want line {line})"
+    );
+    let fifo = d.path().join("x.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for f in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
+        let e = format!(
+            "{:#}",
+            vcp_runner::experiment::load(f, &[], None).unwrap_err()
+        );
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+}

@@ -40,6 +40,10 @@ pub struct Args {
     /// Images per backward pass in the training step (default: the whole batch).
     #[arg(long)]
     loss_chunk: Option<usize>,
+    /// Run candle's composed LayerNorm/softmax/QuickGELU/bias add instead of the fused CPU
+    /// kernels with analytic backward (the "before" side of a comparison).
+    #[arg(long)]
+    plain_kernels: bool,
 }
 
 /// Seconds for `iters` calls of `f` after one warm-up call, the device synchronised around them.
@@ -56,6 +60,7 @@ fn timed(dev: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resul
 
 pub fn run(a: Args) -> Result<()> {
     let dev = device(a.device.as_deref())?;
+    vcp_clip::fused::set_enabled(!a.plain_kernels);
     if a.what.split(',').any(|w| w.trim() == "pretrain") {
         return pretrain_step(&a, &dev);
     }
@@ -184,22 +189,25 @@ fn pretrain_step(a: &Args, dev: &Device) -> Result<()> {
     tr.train_step(&batches[0])?; // warm-up
     dev.synchronize()?;
     let t = std::time::Instant::now();
-    let mut last = 0f32;
+    let mut losses = Vec::with_capacity(a.iters);
     for b in &batches[1..] {
-        last = tr.train_step(b)?;
+        losses.push(tr.train_step(b)?);
     }
+    let last = losses.last().copied().unwrap_or(0.0);
     dev.synchronize()?;
     let secs = t.elapsed().as_secs_f64() / a.iters as f64;
     outln!(
         "{}",
         serde_json::json!({
             "what": "pretrain", "config": path.display().to_string(),
+            "kernels": if a.plain_kernels { "plain" } else { "fused" },
             "size": cfg.model.vision.image_size, "batch": n,
             "device": format!("{:?}", dev), "threads": rayon::current_num_threads(),
             "iters": a.iters,
             "ms_per_step": (secs * 1e5).round() / 100.0,
             "img_per_s": ((n as f64 / secs) * 100.0).round() / 100.0,
             "last_loss": last,
+            "losses": losses,
             "peak_rss_mib": vcp_runner::train::peak_rss_mib(),
         })
     );

@@ -421,3 +421,76 @@ fn predict_refuses_a_fifo_among_the_images() {
         "nothing scored before the refusal"
     );
 }
+
+/// Issue 22: `vcp bench --what pretrain` on a tiny recipe gives the same losses (to 1e-6) with
+/// one and with two threads (the fused kernels split rows over threads; their sums are
+/// per-thread partial sums), and `--threads 0` or more than the machine has is one error.
+#[test]
+fn pretrain_bench_losses_do_not_depend_on_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("tiny.toml");
+    std::fs::write(
+        &recipe,
+        r#"name = "tiny"
+[model]
+embed_dim = 16
+activation = "quick_gelu"
+[model.vision]
+width = 24
+layers = 2
+heads = 2
+mlp_dim = 40
+patch_size = 8
+image_size = 32
+ln_eps = 1e-5
+[model.text]
+width = 24
+layers = 2
+heads = 2
+mlp_dim = 40
+context_length = 24
+vocab_size = 49408
+ln_eps = 1e-5
+[corpus]
+seed = 3
+pairs = 2
+[train]
+steps = 4
+batch_size = 16
+lr = 1e-3
+warmup = 1
+[eval]
+heldout = 16
+"#,
+    )
+    .unwrap();
+    let losses = |threads: &str| -> Vec<f64> {
+        let out = ok(vcp()
+            .args(["bench", "--what", "pretrain", "--config"])
+            .arg(&recipe)
+            .args(["--iters", "3", "--threads", threads]));
+        let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(j["threads"].as_u64().unwrap().to_string(), threads);
+        j["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let (one, two) = (losses("1"), losses(&cores.min(2).to_string()));
+    assert_eq!(one.len(), 3);
+    for (a, b) in one.iter().zip(&two) {
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "{one:?} vs {two:?}");
+    }
+    for bad in ["0".to_string(), (cores + 1).to_string()] {
+        fails_with(
+            vcp()
+                .args(["bench", "--what", "pretrain", "--config"])
+                .arg(&recipe)
+                .args(["--threads", &bad]),
+            &format!("--threads {bad}"),
+        );
+    }
+}

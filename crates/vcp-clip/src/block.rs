@@ -4,9 +4,10 @@
 //! `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`.
 //!
 //! Every op has two paths: candle's fused LayerNorm/softmax kernels (fast, but they have **no
-//! backward**, so a gradient through them is silently `None`) and the generic differentiable
-//! ones. The frozen image tower uses the fused path; the text tower, through which prompt
-//! gradients must flow, uses the differentiable one.
+//! backward**, so a gradient through them is silently `None`) and differentiable ones (ours in
+//! [`crate::fused`] on CPU f32, with analytic backward; candle's composition elsewhere). The
+//! frozen image tower uses the fused path; the text tower, through which prompt gradients must
+//! flow, and pretraining use the differentiable one.
 //!
 //! Mixed precision: the Linear weights may be bf16/f16 (see [`crate::ClipWeights::cast_compute`]);
 //! LayerNorm (weights kept in f32) and the attention softmax then run in f32 on up-cast inputs,
@@ -15,7 +16,7 @@
 use crate::config::Activation;
 use crate::error::Result;
 use crate::weights::ClipWeights;
-use candle_core::{DType, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor};
 
 /// Which kernels to use: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,7 @@ impl LayerNorm {
                 self.eps as f32,
             )?,
             Kernels::Differentiable => {
-                candle_nn::ops::layer_norm_slow(&x, &self.weight, &self.bias, self.eps as f32)?
+                crate::fused::layer_norm(&x, &self.weight, &self.bias, self.eps)?
             }
         })
     }
@@ -71,7 +72,7 @@ pub fn softmax_last(x: &Tensor, k: Kernels) -> Result<Tensor> {
     let x = x.to_dtype(DType::F32)?;
     Ok(match k {
         Kernels::Fused => candle_nn::ops::softmax_last_dim(&x)?,
-        Kernels::Differentiable => candle_nn::ops::softmax(&x, D::Minus1)?,
+        Kernels::Differentiable => crate::fused::softmax_last(&x)?,
     })
 }
 
@@ -131,7 +132,7 @@ impl Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => crate::fused::add_bias(&y, b)?,
             None => y,
         };
         let mut out = dims;
@@ -143,7 +144,7 @@ impl Linear {
 pub fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Gelu => x.gelu_erf()?,
-        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+        Activation::QuickGelu => crate::fused::quick_gelu(x)?,
     })
 }
 

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod config;
 pub mod error;
+pub mod fused;
 pub mod model;
 pub mod pickle_guard;
 pub mod preprocess;

@@ -43,15 +43,49 @@ pub struct Clip {
     pub text: TextTower,
 }
 
+static LOW_PRECISION_ON_CPU: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Let bf16/f16 towers compute in low precision on a CPU too (off by default). candle's CPU
+/// backend has no bf16/f16 matmul kernel: it widens every product to f32 and back, which makes
+/// a "faster" dtype 1.2-2x *slower* than f32 (results/bench/clip_cpu.md). So by default a CPU
+/// tower asked for bf16/f16 keeps its matmuls in f32 and says so once; tests of the
+/// low-precision arithmetic itself switch this on.
+pub fn allow_low_precision_on_cpu(on: bool) {
+    LOW_PRECISION_ON_CPU.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The dtype the towers really compute in on `device` (see [`allow_low_precision_on_cpu`]).
+pub fn effective_dtype(dtype: DType, device: &candle_core::Device) -> DType {
+    use std::sync::atomic::Ordering::Relaxed;
+    if dtype == DType::F32 || !device.is_cpu() || LOW_PRECISION_ON_CPU.load(Relaxed) {
+        return dtype;
+    }
+    static NOTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !NOTED.swap(true, Relaxed) {
+        eprintln!(
+            "note: {dtype:?} on a CPU: the matmuls run in f32 (candle has no fast {dtype:?} CPU kernel; f32 is faster here); low precision pays on a GPU"
+        );
+    }
+    DType::F32
+}
+
 impl Clip {
     pub fn new(w: &ClipWeights, opts: &ClipOptions) -> Result<Self> {
         let activation = opts.activation.unwrap_or(w.config.activation);
         let size = opts.image_size.unwrap_or(w.config.vision.image_size);
+        let device = w
+            .tensors()
+            .values()
+            .next()
+            .map(|t| t.device().clone())
+            .unwrap_or(candle_core::Device::Cpu);
+        let dtype = effective_dtype(opts.dtype, &device);
         let cast;
-        let w = if opts.dtype == DType::F32 {
+        let w = if dtype == DType::F32 {
             w
         } else {
-            cast = w.cast_compute(opts.dtype)?;
+            cast = w.cast_compute(dtype)?;
             &cast
         };
         let mut vision = VisionTower::new(w, size, activation)?;

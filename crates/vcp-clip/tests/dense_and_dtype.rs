@@ -230,6 +230,16 @@ fn low_precision_towers_match_f32_within_tolerance() {
         .collect();
     let ids = Tensor::from_vec(ids, (2, 77), &Device::Cpu).unwrap();
     let rt = f32c.text.forward_ids(&ids).unwrap();
+    // By default a CPU tower asked for bf16 keeps its matmuls in f32 (candle's CPU bf16 is
+    // slower than f32): the same numbers as f32, exactly.
+    let c = clip(&w, DensePath::None, DType::BF16);
+    let o = c.vision.forward(&px, &[6, 12]).unwrap();
+    assert_eq!(
+        max_abs_diff(&o.global, &r.global),
+        0.0,
+        "bf16 on a CPU runs in f32"
+    );
+    vcp_clip::model::allow_low_precision_on_cpu(true);
     // Tolerances: bf16 has an 8-bit mantissa (2^-8 = 3.9e-3 relative per rounding), f16 11 bits.
     for (dt, tol) in [(DType::BF16, 5e-2f32), (DType::F16, 1e-2)] {
         let c = clip(&w, DensePath::None, dt);

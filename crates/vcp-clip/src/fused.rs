@@ -1,0 +1,498 @@
+//! Fused CPU kernels **with analytic backward** for training through the towers: LayerNorm,
+//! softmax over the last dimension, QuickGELU and the bias add of a Linear layer.
+//!
+//! Why: candle composes these from generic element-wise ops when gradients are needed. Each
+//! composed op allocates a tensor, runs one element at a time on one thread (exp, sigmoid), and
+//! in backward the gradients of LayerNorm's gain and of every bias are sums over the leading
+//! dimensions, which candle's CPU reduction computes with a division per element. Here each op
+//! is one pass over contiguous rows, split over rayon's threads, and its backward is the
+//! closed-form gradient (one more pass); the sums over rows are per-thread partial sums added at
+//! the end.
+//!
+//! Every public function falls back to candle's differentiable composition for inputs that are
+//! not f32 on the CPU (GPU, half precision), so callers need not care. Exact to the composition
+//! up to float rounding (tests: `crates/vcp-clip/tests/fused_ops.rs`, against the composition, a
+//! float64 hand computation and finite differences).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+type CResult<T> = candle_core::Result<T>;
+
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Switch the fused kernels off (on by default) for this process: every function below then
+/// runs candle's composition. For side-by-side checks and benchmarks of the two paths.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the fused kernels apply: switched on, every tensor f32 on the CPU.
+fn usable(ts: &[&Tensor]) -> bool {
+    ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The contiguous f32 data of a custom op's input.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> CResult<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused op: input is not contiguous"),
+    }
+}
+
+/// Rows per rayon task: enough work per task that scheduling costs nothing measurable.
+fn rows_per_task(row_len: usize) -> usize {
+    (16384 / row_len.max(1)).max(1)
+}
+
+/// `e^x` for f32, branch-free so that loops over slices vectorise (libm's `expf` is a call per
+/// element). Cody-Waite range reduction `x = n ln2 + r`, `|r| <= ln2 / 2`, a degree-6
+/// polynomial for `e^r` and the exponent bits for `2^n`: relative error below 2e-7 on
+/// [-87, 88]; inputs below -87.3 give 0 (what softmax and the sigmoid need), above 88.3 clamp.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let underflow = x < -87.3;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor coefficients 1/k! (k = 0..6): error below 1e-7 for |r| <= 0.347.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if underflow {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm over the last dimension: y = (x - mean) / sqrt(var + eps) * gamma + beta.
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and 1 / std of one row (two passes, as candle's kernel: no cancellation).
+#[inline]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "vcp-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, g, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let d = g.len();
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(d) * d;
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for i in 0..d {
+                        yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = x.apply_op3_no_bwd(gamma, &dy, &LayerNormGradX { eps: self.eps })?;
+        let gb = x.apply_op2_no_bwd(&dy, &LayerNormGradGain { eps: self.eps })?; // [2, D]
+        Ok((Some(dx), Some(gb.get(0)?), Some(gb.get(1)?)))
+    }
+}
+
+/// dx = rstd * (dy*g - mean(dy*g) - xhat * mean(dy*g*xhat)), per row.
+struct LayerNormGradX {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGradX {
+    fn name(&self) -> &'static str {
+        "vcp-layer-norm-grad-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, g, dy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let d = g.len();
+        let mut dx = vec![0f32; x.len()];
+        let chunk = rows_per_task(d) * d;
+        dx.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+            .for_each(|(oc, (xc, dc))| {
+                for ((o, xr), dr) in oc
+                    .chunks_exact_mut(d)
+                    .zip(xc.chunks_exact(d))
+                    .zip(dc.chunks_exact(d))
+                {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut s1, mut s2) = (0f32, 0f32);
+                    for i in 0..d {
+                        let gh = dr[i] * g[i];
+                        s1 += gh;
+                        s2 += gh * (xr[i] - mean) * rstd;
+                    }
+                    let (m1, m2) = (s1 / d as f32, s2 / d as f32);
+                    for i in 0..d {
+                        let xhat = (xr[i] - mean) * rstd;
+                        o[i] = rstd * (dr[i] * g[i] - m1 - xhat * m2);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// [dgamma; dbeta] = [sum_rows(dy * xhat); sum_rows(dy)], shape [2, D].
+struct LayerNormGradGain {
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormGradGain {
+    fn name(&self) -> &'static str {
+        "vcp-layer-norm-grad-gain"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = *l1.dims().last().unwrap_or(&1);
+        let chunk = rows_per_task(d) * d;
+        let out = x
+            .par_chunks(chunk)
+            .zip(dy.par_chunks(chunk))
+            .fold(
+                || vec![0f32; 2 * d],
+                |mut acc, (xc, dc)| {
+                    for (xr, dr) in xc.chunks_exact(d).zip(dc.chunks_exact(d)) {
+                        let (mean, rstd) = row_stats(xr, self.eps);
+                        let (ag, ab) = acc.split_at_mut(d);
+                        for i in 0..d {
+                            ag[i] += dr[i] * (xr[i] - mean) * rstd;
+                            ab[i] += dr[i];
+                        }
+                    }
+                    acc
+                },
+            )
+            .reduce(|| vec![0f32; 2 * d], add_vecs);
+        Ok((CpuStorage::F32(out), Shape::from((2, d))))
+    }
+}
+
+fn add_vecs(mut a: Vec<f32>, b: Vec<f32>) -> Vec<f32> {
+    for (x, y) in a.iter_mut().zip(&b) {
+        *x += y;
+    }
+    a
+}
+
+/// LayerNorm over the last dimension, differentiable in `x`, `gamma` and `beta`.
+///
+/// # Shapes
+/// `x`: [.., D]; `gamma`, `beta`: [D] → [.., D].
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> CResult<Tensor> {
+    if !usable(&[x, gamma, beta]) {
+        return candle_nn::ops::layer_norm_slow(x, gamma, beta, eps as f32);
+    }
+    x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Softmax over the last dimension.
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "vcp-softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let d = *l.dims().last().unwrap_or(&1);
+        let mut y = vec![0f32; x.len()];
+        let chunk = rows_per_task(d) * d;
+        y.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                    let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    // A row of -inf only (a fully masked row): uniform zeros, not NaN.
+                    let max = if max.is_finite() { max } else { 0.0 };
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = exp_f32(v - max);
+                    }
+                    let sum: f32 = yr.iter().sum();
+                    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                    for o in yr.iter_mut() {
+                        *o *= inv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(
+            y.contiguous()?
+                .apply_op2_no_bwd(&dy.contiguous()?, &SoftmaxGrad)?,
+        ))
+    }
+}
+
+/// dx = y * (dy - sum(dy * y)), per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "vcp-softmax-last-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (y, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = *l1.dims().last().unwrap_or(&1);
+        let mut dx = vec![0f32; y.len()];
+        let chunk = rows_per_task(d) * d;
+        dx.par_chunks_mut(chunk)
+            .zip(y.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+            .for_each(|(oc, (yc, dc))| {
+                for ((o, yr), dr) in oc
+                    .chunks_exact_mut(d)
+                    .zip(yc.chunks_exact(d))
+                    .zip(dc.chunks_exact(d))
+                {
+                    let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
+                    for i in 0..d {
+                        o[i] = yr[i] * (dr[i] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+    if !usable(&[x]) {
+        return candle_nn::ops::softmax(x, D::Minus1);
+    }
+    x.contiguous()?.apply_op1(SoftmaxOp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// QuickGELU: y = x * sigmoid(1.702 x).
+
+const QG: f32 = 1.702;
+
+#[inline(always)]
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-z))
+}
+
+struct QuickGeluOp;
+
+impl CustomOp1 for QuickGeluOp {
+    fn name(&self) -> &'static str {
+        "vcp-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(16384)
+            .zip(x.par_chunks(16384))
+            .for_each(|(yc, xc)| {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = v * sigmoid(QG * v);
+                }
+            });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(
+            x.contiguous()?
+                .apply_op2_no_bwd(&dy.contiguous()?, &QuickGeluGrad)?,
+        ))
+    }
+}
+
+/// dx = dy * (s + 1.702 x s (1 - s)), s = sigmoid(1.702 x).
+struct QuickGeluGrad;
+
+impl CustomOp2 for QuickGeluGrad {
+    fn name(&self) -> &'static str {
+        "vcp-quick-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, dy) = (slice(s1, l1)?, slice(s2, l2)?);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(16384)
+            .zip(x.par_chunks(16384).zip(dy.par_chunks(16384)))
+            .for_each(|(oc, (xc, dc))| {
+                for ((o, &v), &g) in oc.iter_mut().zip(xc).zip(dc) {
+                    let s = sigmoid(QG * v);
+                    *o = g * (s + QG * v * s * (1.0 - s));
+                }
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// QuickGELU, differentiable.
+pub fn quick_gelu(x: &Tensor) -> CResult<Tensor> {
+    if !usable(&[x]) {
+        return x * candle_nn::ops::sigmoid(&(x * QG as f64)?)?;
+    }
+    x.contiguous()?.apply_op1(QuickGeluOp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias add of a Linear layer: y[r, :] = x[r, :] + b.
+
+struct AddBiasOp;
+
+impl CustomOp2 for AddBiasOp {
+    fn name(&self) -> &'static str {
+        "vcp-add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let (x, b) = (slice(s1, l1)?, slice(s2, l2)?);
+        let d = b.len();
+        let mut y = x.to_vec();
+        let chunk = rows_per_task(d) * d;
+        y.par_chunks_mut(chunk).for_each(|yc| {
+            for yr in yc.chunks_exact_mut(d) {
+                for (o, bv) in yr.iter_mut().zip(b) {
+                    *o += bv;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let db = dy.contiguous()?.apply_op1_no_bwd(&SumRows)?;
+        Ok((Some(dy.clone()), Some(db)))
+    }
+}
+
+/// Sum over every dimension but the last: [.., D] → [D] (per-thread partial sums of rows).
+struct SumRows;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "vcp-sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let d = *l.dims().last().unwrap_or(&1);
+        let chunk = rows_per_task(d) * d;
+        let out = x
+            .par_chunks(chunk)
+            .fold(
+                || vec![0f32; d],
+                |mut acc, xc| {
+                    for xr in xc.chunks_exact(d) {
+                        for (a, v) in acc.iter_mut().zip(xr) {
+                            *a += v;
+                        }
+                    }
+                    acc
+                },
+            )
+            .reduce(|| vec![0f32; d], add_vecs);
+        Ok((CpuStorage::F32(out), Shape::from(d)))
+    }
+}
+
+/// `x + b` with `b` broadcast over the rows, differentiable in both.
+///
+/// # Shapes
+/// `x`: [.., D]; `b`: [D] → [.., D].
+pub fn add_bias(x: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    if !usable(&[x, b]) || b.rank() != 1 {
+        return x.broadcast_add(b);
+    }
+    x.contiguous()?.apply_op2(&b.contiguous()?, AddBiasOp)
+}

@@ -76,6 +76,12 @@ pub fn softmax_last(x: &Tensor, k: Kernels) -> Result<Tensor> {
     })
 }
 
+/// L2 normalisation over the last dimension (the one `l2norm` of the workspace: embeddings
+/// before cosine similarities).
+pub fn l2norm(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_div(&x.sqr()?.sum_keepdim(candle_core::D::Minus1)?.sqrt()?)
+}
+
 /// Which projections form the attention scores. CLIP uses query-key; dense-prediction variants
 /// of the last blocks use value-value (CLIP Surgery, AnomalyCLIP's DPAM) or query-query
 /// (ClearCLIP): tokens then attend to tokens with similar content, which keeps local detail.

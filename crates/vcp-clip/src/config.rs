@@ -6,6 +6,10 @@ use crate::error::{ClipError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
+/// The model card of the embedded `tiny_pretrained` weights (configuration, provenance, recorded
+/// evaluations); the architecture is read from it here, the weights in [`crate::pretrained`].
+pub(crate) const TINY_PRETRAINED_CARD: &str = include_str!("../assets/tiny_pretrained.json");
+
 /// MLP activation of the transformer blocks.
 ///
 /// OpenAI trained CLIP with QuickGELU, but the official VCP-CLIP code runs the OpenAI weights with
@@ -124,6 +128,18 @@ impl ClipConfig {
         }
     }
 
+    /// The architecture of the embedded `tiny_pretrained` weights, from their model card (the
+    /// card and weights themselves: [`crate::pretrained`]).
+    pub fn tiny_pretrained() -> Result<Self> {
+        let card: serde_json::Value = serde_json::from_str(TINY_PRETRAINED_CARD)
+            .map_err(|e| ClipError::Config(format!("embedded tiny_pretrained.json: {e}")))?;
+        let cfg = card.get("config").cloned().ok_or_else(|| {
+            ClipError::Config("embedded tiny_pretrained.json: no `config`".into())
+        })?;
+        serde_json::from_value(cfg)
+            .map_err(|e| ClipError::Config(format!("embedded tiny_pretrained.json: config: {e}")))
+    }
+
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "vit_b_16" | "ViT-B-16" => Ok(Self::vit_b_16()),
@@ -131,7 +147,7 @@ impl ClipConfig {
             "vit_l_14_336" | "ViT-L-14-336" => Ok(Self::vit_l_14_336()),
             "tiny" => Ok(Self::tiny()),
             // Pretrained by this workspace; its weights are embedded (`ClipWeights::from_preset`).
-            "tiny_pretrained" => crate::pretrained::tiny_pretrained_config(),
+            "tiny_pretrained" => Self::tiny_pretrained(),
             // OpenCLIP's LAION/DataComp models of the same architecture use exact GELU.
             "openclip_vit_b_16" => Ok(Self {
                 activation: Activation::Gelu,

@@ -46,6 +46,12 @@ impl From<vcp_data::DataError> for ClipError {
 
 pub type Result<T> = std::result::Result<T, ClipError>;
 
+/// The first line of an error's message: candle errors may carry a backtrace (RUST_BACKTRACE
+/// is set here), and one-line errors are what the CLI prints.
+pub fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or("").to_string()
+}
+
 /// Component code works in candle's error type: a backbone error becomes its message (a candle
 /// error inside is passed through unchanged).
 impl From<ClipError> for candle_core::Error {

@@ -14,7 +14,7 @@ use candle_core::{DType, Device};
 pub const TINY_PRETRAINED: &str = "tiny_pretrained";
 
 const WEIGHTS: &[u8] = include_bytes!("../assets/tiny_pretrained.safetensors");
-const CARD: &str = include_str!("../assets/tiny_pretrained.json");
+use crate::config::TINY_PRETRAINED_CARD as CARD;
 
 /// A short fingerprint of the embedded weights (first 16 hex digits of their SHA-256): the
 /// preset's name stays `tiny_pretrained` when the weights are retrained, so records and cached
@@ -35,13 +35,7 @@ pub fn card() -> Result<serde_json::Value> {
 }
 
 pub fn tiny_pretrained_config() -> Result<ClipConfig> {
-    let card = card()?;
-    let cfg = card
-        .get("config")
-        .cloned()
-        .ok_or_else(|| ClipError::Config("embedded tiny_pretrained.json: no `config`".into()))?;
-    serde_json::from_value(cfg)
-        .map_err(|e| ClipError::Config(format!("embedded tiny_pretrained.json: config: {e}")))
+    ClipConfig::tiny_pretrained()
 }
 
 /// The pretrained weights (stored f16, returned f32), strictly checked against the config.

@@ -165,10 +165,10 @@ pub fn read_pickled_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
         let mut stack = Stack::empty();
         stack
             .read_loop(&mut std::io::Cursor::new(&bytes))
-            .map_err(|e| format!("cannot parse data.pkl: {}", crate::weights::first_line(&e)))?;
+            .map_err(|e| format!("cannot parse data.pkl: {}", crate::error::first_line(&e)))?;
         stack
             .finalize()
-            .map_err(|e| crate::weights::first_line(&e).to_string())
+            .map_err(|e| crate::error::first_line(&e).to_string())
     })
     .map_err(|p| ClipError::file(path, format!("cannot parse data.pkl ({p})")))?
     .map_err(|e| ClipError::file(path, e))?;

@@ -424,7 +424,7 @@ pub fn read_tensor_file(path: &Path, device: &Device) -> Result<HashMap<String, 
         .to_ascii_lowercase();
     match ext.as_str() {
         "safetensors" => candle_core::safetensors::load(path, device)
-            .map_err(|e| ClipError::file(path, format!("cannot read safetensors: {}", first_line(&e)))),
+            .map_err(|e| ClipError::file(path, format!("cannot read safetensors: {}", crate::error::first_line(&e)))),
         "pt" | "pth" | "bin" | "ckpt" => {
             let list = crate::torchscript::read_pickled_state_dict(path)?;
             let mut m = HashMap::new();
@@ -441,9 +441,4 @@ pub fn read_tensor_file(path: &Path, device: &Device) -> Result<HashMap<String, 
             "unknown weight file extension (expected .safetensors, .pt, .pth or .bin, or a HF directory)",
         )),
     }
-}
-
-/// candle errors may carry a backtrace (RUST_BACKTRACE is set here); keep the first line.
-pub(crate) fn first_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or("").to_string()
 }

@@ -50,9 +50,7 @@ impl Linear {
 }
 
 /// L2 normalisation over the last dimension.
-pub fn l2norm(x: &Tensor) -> Result<Tensor> {
-    x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
-}
+pub use vcp_clip::block::l2norm;
 
 /// A trainable layer norm (gain, bias) over the last dimension.
 #[derive(Debug, Clone)]

@@ -3,11 +3,12 @@
 //! over all 41 kinds), and zero-shot defect detection (image AUROC of "a photo of a damaged
 //! {kind}" against "a photo of a flawless {kind}" on the global embedding).
 
-use crate::trainer::{ids_of, l2norm, pixels_of};
+use crate::batch::{ids_of, pixels_of};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
-use vcp_clip::{Clip, Tokenizer};
+use vcp_clip::block::l2norm;
+use vcp_clip::{Clip, ClipOptions, ClipWeights, Tokenizer};
 use vcp_data::corpus::{self, CorpusSample};
 
 /// Offset of the held-out stream from the training stream's seed.
@@ -230,4 +231,21 @@ pub fn zero_shot_score(cos_normal: f32, cos_abnormal: f32) -> f32 {
     let m = a.max(b);
     let (ea, eb) = ((a - m).exp(), (b - m).exp());
     eb / (ea + eb)
+}
+
+/// Held-out samples of the model card's fixed check split.
+pub const CARD_SPLIT: usize = 64;
+
+/// Zero-shot numbers on the card's fixed split (held-out corpus stream, 64 samples at the
+/// native size), f32 on the CPU: what the committed weights must reproduce.
+pub fn card_check(w: &ClipWeights, corpus_seed: u64) -> Result<HeldoutReport> {
+    let clip = Clip::new(
+        w,
+        &ClipOptions {
+            extra_tokens: 0,
+            ..ClipOptions::default()
+        },
+    )?;
+    let samples = heldout_samples(corpus_seed, CARD_SPLIT, w.config.vision.image_size);
+    evaluate(&clip, &samples, &heldout_kinds(), &Device::Cpu)
 }

@@ -5,9 +5,12 @@
 //! * [`config`]: the TOML recipe (`experiments/pretrain_tiny_clip.toml`), strict.
 //! * [`trainer`]: InfoNCE, AdamW with warm-up + cosine, checkpoints, resume, export.
 //! * [`objective`]: the v2 patch and state terms (dense text-patch alignment against masks).
-//! * [`heldout`]: retrieval, kind accuracy and zero-shot defect AUROC on held-out pairs.
+//! * [`heldout`]: retrieval, kind accuracy and zero-shot defect AUROC on held-out pairs, and the
+//!   model card's check.
+//! * [`batch`]: pixels and token ids of corpus samples.
 //! * [`run`]: the loop of `vcp pretrain-clip` (prefetched batches, progress, Ctrl-C, logs).
 
+pub mod batch;
 pub mod config;
 pub mod heldout;
 pub mod objective;

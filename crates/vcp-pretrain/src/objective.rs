@@ -9,7 +9,8 @@
 //! the two-way softmax, Dice); AnomalyCLIP's form is used for Dice (both channels).
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
+use vcp_clip::block::l2norm;
 
 /// What one batch asks of the patch and state terms: the images that take part (seen kinds
 /// only), their kinds' prompt pair, label and mask.
@@ -93,10 +94,6 @@ pub fn upsample(maps: &Tensor, size: usize) -> Result<Tensor> {
     let u = Tensor::from_vec(interp_matrix(size, g), (size, g), dev)?.to_dtype(maps.dtype())?;
     let ut = u.t()?.contiguous()?;
     Ok(u.broadcast_matmul(maps)?.broadcast_matmul(&ut)?)
-}
-
-fn l2norm(x: &Tensor) -> Result<Tensor> {
-    Ok(x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?)
 }
 
 /// The patch term.

@@ -7,14 +7,17 @@
 //! and fuse weights at construction; rebuilding keeps those copies in step with the variables
 //! and in the autograd graph), so what is trained is exactly what VCP-CLIP later runs.
 
+use crate::batch::{ids_of, pixels_of};
 use crate::config::PretrainConfig;
+use crate::heldout::card_check;
 use crate::objective::{self, DenseTargets};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
 use std::path::Path;
+use vcp_clip::block::l2norm;
 use vcp_clip::{Clip, ClipOptions, ClipWeights, Kernels, Tokenizer};
-use vcp_data::corpus::{self, CorpusSample};
+use vcp_data::corpus;
 
 pub use crate::config::LOGIT_SCALE_MAX;
 
@@ -82,11 +85,6 @@ pub fn clip_loss(img: &Tensor, txt: &Tensor, logit_scale: &Tensor) -> Result<Ten
     let li = candle_nn::loss::cross_entropy(&logits, &target)?;
     let lt = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &target)?;
     Ok(((li + lt)? * 0.5)?)
-}
-
-pub fn l2norm(x: &Tensor) -> Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-    Ok(x.broadcast_div(&n)?)
 }
 
 impl Trainer {
@@ -579,29 +577,6 @@ impl Trainer {
     }
 }
 
-/// Held-out samples of the model card's fixed check split.
-pub const CARD_SPLIT: usize = 64;
-
-/// Zero-shot numbers on the card's fixed split (held-out corpus stream, 64 samples at the
-/// native size), f32 on the CPU: what the committed weights must reproduce.
-pub fn card_check(w: &ClipWeights, corpus_seed: u64) -> Result<crate::heldout::HeldoutReport> {
-    let clip = Clip::new(
-        w,
-        &ClipOptions {
-            extra_tokens: 0,
-            ..ClipOptions::default()
-        },
-    )?;
-    let samples =
-        crate::heldout::heldout_samples(corpus_seed, CARD_SPLIT, w.config.vision.image_size);
-    crate::heldout::evaluate(
-        &clip,
-        &samples,
-        &crate::heldout::heldout_kinds(),
-        &Device::Cpu,
-    )
-}
-
 /// All tensors of a safetensors file on the CPU; errors name the file on one line.
 fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
@@ -753,32 +728,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
-}
-
-/// CLIP-normalised planar pixels of corpus samples, `[n, 3, S, S]` flattened.
-pub fn pixels_of(samples: &[CorpusSample]) -> Vec<f32> {
-    use vcp_clip::preprocess::{CLIP_MEAN, CLIP_STD};
-    let mut out = Vec::new();
-    for s in samples {
-        let hw = s.size * s.size;
-        let base = out.len();
-        out.resize(base + 3 * hw, 0.0);
-        for (i, px) in s.image.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[base + c * hw + i] = (px[c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-            }
-        }
-    }
-    out
-}
-
-/// Token ids `[n, C]` flattened (too-long captions truncated with EOT kept last).
-pub fn ids_of(tok: &Tokenizer, texts: &[String], ctx: usize) -> Result<Vec<u32>> {
-    let mut ids = Vec::with_capacity(texts.len() * ctx);
-    for t in texts {
-        ids.extend(tok.tokenize(t, ctx, true)?);
-    }
-    Ok(ids)
 }
 
 pub fn make_batch(cfg: &PretrainConfig, tok: &Tokenizer, step: usize) -> Result<Batch> {

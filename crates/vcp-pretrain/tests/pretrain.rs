@@ -227,7 +227,7 @@ fn embedded_weights_reproduce_the_model_card() {
     let seed = card["corpus_seed"]
         .as_u64()
         .expect("card records the corpus seed");
-    let r = vcp_pretrain::trainer::card_check(&w, seed).unwrap();
+    let r = vcp_pretrain::heldout::card_check(&w, seed).unwrap();
     let want = &card["card_check"];
     for (k, got) in [
         ("defect_auroc", r.defect_auroc),

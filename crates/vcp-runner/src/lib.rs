@@ -6,7 +6,9 @@
 //! * [`train`], [`eval`]: the training loop and the evaluation shared with `vcp train`/`vcp eval`.
 //! * [`cache`]: frozen-backbone features reused across variants and epochs.
 //! * [`record`]: the typed `record.json` of a finished run.
+//! * [`summary`]: per-variant means and spreads over seeds (what tables and figures show).
 //! * [`report`], [`plots`]: tables (polars) and figures (plotters) from the records alone.
+//! * [`provenance`]: the code and time a record names.
 
 pub mod cache;
 pub mod config;
@@ -16,10 +18,12 @@ pub mod experiment;
 pub mod interrupt;
 pub mod lock;
 pub mod plots;
+pub mod provenance;
 pub mod record;
 pub mod report;
 pub mod runner;
 pub mod slurm;
+pub mod summary;
 pub mod train;
 pub mod workers;
 

@@ -37,7 +37,7 @@ impl Holder {
         Self {
             host: hostname(),
             pid: std::process::id(),
-            start: crate::runner::utc_now().1,
+            start: crate::provenance::utc_now().1,
             proc_start: proc_start(std::process::id()),
             boot_id: boot_id(),
         }

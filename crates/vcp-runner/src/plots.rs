@@ -3,7 +3,7 @@
 //! per-category heat table, mean ROC / PR / PRO curves per variant, and a qualitative grid.
 
 use crate::record::Record;
-use crate::report::{Summary, METRICS};
+use crate::summary::{Summary, METRICS};
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -75,9 +75,9 @@ where
     root.fill(&WHITE).map_err(pe)?;
     let nv = s.len().max(1);
     let val = |v: usize, m: usize| -> Option<(f64, f64)> {
-        let x = s[v].1[m]?;
+        let x = s[v].stats[m]?;
         match deltas {
-            Some(b) => s[b].1[m].map(|y| ((x.0 - y.0) * 100.0, x.1 * 100.0)),
+            Some(b) => s[b].stats[m].map(|y| ((x.0 - y.0) * 100.0, x.1 * 100.0)),
             None => Some((x.0 * 100.0, x.1 * 100.0)),
         }
     };
@@ -129,7 +129,7 @@ where
         chart
             .draw_series(rects)
             .map_err(pe)?
-            .label(s[v].0.clone())
+            .label(s[v].name.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
         let whiskers: Vec<_> = metrics
             .iter()
@@ -515,7 +515,7 @@ pub fn all(
     register_font();
     let dir = exp_dir.join("plots");
     std::fs::create_dir_all(&dir)?;
-    let order: Vec<String> = s.iter().map(|x| x.0.clone()).collect();
+    let order: Vec<String> = s.iter().map(|x| x.name.clone()).collect();
     let mut out = Vec::new();
     let px = [0usize, 1, 2, 3, 4, 5];
     let sp = [6usize, 7, 8];

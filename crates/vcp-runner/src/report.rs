@@ -10,8 +10,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// The metric columns, in the order of `vcp eval-maps`.
-pub const METRICS: [&str; 9] = vcp_metrics::COLUMNS;
+pub use crate::summary::{mean_std, summarize, Summary, VariantSummary, METRICS};
 
 /// The records of an experiment folder. With `expected` (the run hashes of the current
 /// expanded experiment), only those runs are returned; the other records (a variant edited
@@ -115,54 +114,6 @@ pub fn per_category_frame(rows: &[(String, vcp_metrics::CategoryMetrics)]) -> Re
     Ok(DataFrame::new(rows.len(), cols)?)
 }
 
-/// Mean and sample std of the non-missing values.
-pub fn mean_std(v: &[f64]) -> Option<(f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let m = v.iter().sum::<f64>() / v.len() as f64;
-    let s = if v.len() > 1 {
-        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-    } else {
-        0.0
-    };
-    Some((m, s))
-}
-
-/// Per variant (in `order`), per metric: (mean, std, n).
-pub type Summary = Vec<(String, Vec<Option<(f64, f64)>>, usize)>;
-
-pub fn summarize(df: &DataFrame, order: &[String]) -> Result<Summary> {
-    let ca = df.column("variant")?.str()?;
-    let variants: Vec<String> = (0..ca.len())
-        .map(|i| ca.get(i).unwrap_or("").to_string())
-        .collect();
-    let mut names: Vec<String> = order
-        .iter()
-        .filter(|v| variants.contains(v))
-        .cloned()
-        .collect();
-    for v in &variants {
-        if !names.contains(v) {
-            names.push(v.clone());
-        }
-    }
-    let mut out = Vec::new();
-    for name in names {
-        let idx: Vec<usize> = (0..variants.len())
-            .filter(|&i| variants[i] == name)
-            .collect();
-        let mut stats = Vec::new();
-        for m in METRICS {
-            let c = df.column(m)?.f64()?;
-            let vals: Vec<f64> = idx.iter().filter_map(|&i| c.get(i)).collect();
-            stats.push(mean_std(&vals));
-        }
-        out.push((name, stats, idx.len()));
-    }
-    Ok(out)
-}
-
 fn fmt(s: Option<(f64, f64)>, n: usize) -> String {
     match s {
         None => "n/a".into(),
@@ -184,11 +135,11 @@ pub fn write_tables(
     let mut cols = vec![
         Column::new(
             "variant".into(),
-            summary.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+            summary.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         ),
         Column::new(
             "n_seeds".into(),
-            summary.iter().map(|s| s.2 as u64).collect::<Vec<_>>(),
+            summary.iter().map(|s| s.runs as u64).collect::<Vec<_>>(),
         ),
     ];
     for (j, m) in METRICS.iter().enumerate() {
@@ -196,14 +147,14 @@ pub fn write_tables(
             format!("{m}_mean").into(),
             summary
                 .iter()
-                .map(|s| s.1[j].map(|x| x.0 * 100.0))
+                .map(|s| s.stats[j].map(|x| x.0 * 100.0))
                 .collect::<Vec<_>>(),
         ));
         cols.push(Column::new(
             format!("{m}_std").into(),
             summary
                 .iter()
-                .map(|s| s.1[j].map(|x| x.1 * 100.0))
+                .map(|s| s.stats[j].map(|x| x.1 * 100.0))
                 .collect::<Vec<_>>(),
         ));
     }
@@ -214,7 +165,12 @@ pub fn write_tables(
         METRICS.join(" | "),
         "--:|".repeat(METRICS.len())
     );
-    for (name, stats, k) in summary {
+    for VariantSummary {
+        name,
+        stats,
+        runs: k,
+    } in summary
+    {
         md.push_str(&format!(
             "| {name} | {k} | {} |\n",
             stats
@@ -251,7 +207,12 @@ pub fn write_tables(
         "r".repeat(METRICS.len()),
         METRICS.map(|m| m.replace('_', "\\_")).join(" & ")
     );
-    for (name, stats, k) in summary {
+    for VariantSummary {
+        name,
+        stats,
+        runs: k,
+    } in summary
+    {
         tex.push_str(&format!(
             "{} & {} \\\\\n",
             name.replace('_', "\\_"),

@@ -60,7 +60,10 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     let underflow = x < -87.3;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E).round();
+    // Round to nearest by the 1.5 * 2^23 trick: `f32::round` is a libm call on baseline
+    // x86-64 (no SSE4.1), which would stop the loop from vectorising.
+    const ROUND: f32 = 12_582_912.0;
+    let n = (x * LOG2E + ROUND) - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // Taylor coefficients 1/k! (k = 0..6): error below 1e-7 for |r| <= 0.347.
     let p = 1.0
@@ -114,8 +117,8 @@ impl CustomOp3 for LayerNormOp {
             .for_each(|(yc, xc)| {
                 for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
                     let (mean, rstd) = row_stats(xr, self.eps);
-                    for i in 0..d {
-                        yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+                    for (((o, &v), &gi), &bi) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                        *o = (v - mean) * rstd * gi + bi;
                     }
                 }
             });
@@ -170,15 +173,15 @@ impl CustomOp3 for LayerNormGradX {
                 {
                     let (mean, rstd) = row_stats(xr, self.eps);
                     let (mut s1, mut s2) = (0f32, 0f32);
-                    for i in 0..d {
-                        let gh = dr[i] * g[i];
+                    for ((&v, &dv), &gi) in xr.iter().zip(dr).zip(g) {
+                        let gh = dv * gi;
                         s1 += gh;
-                        s2 += gh * (xr[i] - mean) * rstd;
+                        s2 += gh * (v - mean) * rstd;
                     }
                     let (m1, m2) = (s1 / d as f32, s2 / d as f32);
-                    for i in 0..d {
-                        let xhat = (xr[i] - mean) * rstd;
-                        o[i] = rstd * (dr[i] * g[i] - m1 - xhat * m2);
+                    for (((o, &v), &dv), &gi) in o.iter_mut().zip(xr).zip(dr).zip(g) {
+                        let xhat = (v - mean) * rstd;
+                        *o = rstd * (dv * gi - m1 - xhat * m2);
                     }
                 }
             });
@@ -215,9 +218,10 @@ impl CustomOp2 for LayerNormGradGain {
                     for (xr, dr) in xc.chunks_exact(d).zip(dc.chunks_exact(d)) {
                         let (mean, rstd) = row_stats(xr, self.eps);
                         let (ag, ab) = acc.split_at_mut(d);
-                        for i in 0..d {
-                            ag[i] += dr[i] * (xr[i] - mean) * rstd;
-                            ab[i] += dr[i];
+                        for (((a, b), &v), &dv) in ag.iter_mut().zip(ab.iter_mut()).zip(xr).zip(dr)
+                        {
+                            *a += dv * (v - mean) * rstd;
+                            *b += dv;
                         }
                     }
                     acc
@@ -321,8 +325,8 @@ impl CustomOp2 for SoftmaxGrad {
                     .zip(dc.chunks_exact(d))
                 {
                     let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
-                    for i in 0..d {
-                        o[i] = yr[i] * (dr[i] - dot);
+                    for ((o, &y), &dv) in o.iter_mut().zip(yr).zip(dr) {
+                        *o = y * (dv - dot);
                     }
                 }
             });

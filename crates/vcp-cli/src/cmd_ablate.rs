@@ -1,11 +1,14 @@
 //! `vcp ablate [EXPERIMENT.toml] [--device ...] [--seeds ...] [--set key=value ...]` and
 //! `vcp report EXPERIMENT`, with the ways to scale out: `--shard I/N`, `--gpus 0,1,..` /
 //! `--workers N` (one process per GPU or CPU share), `--slurm` (a job array), `--status`.
+//!
+//! This file turns flags into a [`Request`] and a [`Backend`] and prints; what runs where, the
+//! child command lines, tables and the reproduction check live in `vcp_runner::launch`.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
-use vcp_runner::experiment::{self, RunSpec};
-use vcp_runner::runner::RunState;
+use vcp_runner::experiment;
+use vcp_runner::launch::{self, Backend, Launched, Request};
 
 const DEFAULT_ABLATION: &str = include_str!("../../../experiments/ablate_default.toml");
 const DEFAULT_BASE: &str = include_str!("../../../experiments/vcp_clip_tiny.toml");
@@ -135,500 +138,251 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// The options every process of this ablation shares (workers, array tasks, the collector),
-/// with `file` and `results` as given (absolute for Slurm).
-fn shared_args(a: &Args, file: &Path, results: &Path) -> Vec<String> {
-    let mut v = vec![file.display().to_string()];
-    v.extend(["--results".into(), results.display().to_string()]);
-    if let Some(s) = &a.seeds {
-        v.push(seeds_arg(s));
-    }
-    for s in &a.sets {
-        v.extend(["--set".into(), s.clone()]);
-    }
-    if let Some(d) = &a.dtype {
-        v.extend(["--dtype".into(), d.clone()]);
-    }
-    if a.no_cache {
-        v.push("--no-cache".into());
-    }
-    v.extend(["--cache-mib".into(), a.cache_mib.to_string()]);
-    if a.no_feature_cache {
-        v.push("--no-feature-cache".into());
-    } else {
-        if let Some(f) = &a.feature_cache {
-            v.extend(["--feature-cache".into(), absolute(f).display().to_string()]);
-        }
-        v.extend([
-            "--feature-cache-mib".into(),
-            a.feature_cache_mib.to_string(),
-        ]);
-    }
-    v
-}
-
-/// `--seeds=0,1,2`.
-fn seeds_arg(s: &[u64]) -> String {
-    let list: Vec<String> = s.iter().map(|x| x.to_string()).collect();
-    format!("--seeds={}", list.join(","))
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
-}
-
-/// The runs this process is asked about: all, a shard, or one line of a run list.
-fn selected<'a>(a: &Args, ab: &'a experiment::Ablation) -> Result<Vec<&'a RunSpec>> {
-    let mut runs: Vec<&RunSpec> = match &a.shard {
-        Some(s) => {
-            let (i, n) = experiment::parse_shard(s)?;
-            ab.shard(i, n)
-        }
-        None => ab.runs.iter().collect(),
-    };
-    if let (Some(list), Some(k)) = (&a.run_list, a.run_index) {
-        let text = vcp_data::io::read_regular_string(list, 64 << 20)?;
-        let hash = text
-            .lines()
-            .nth(k)
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .with_context(|| format!("{}: no line {k}", list.display()))?;
-        runs.retain(|r| r.hash == hash);
-        if runs.is_empty() {
-            bail!(
-                "{}, line {}: run {} is not a run of this experiment (was the file or --set changed since?)",
-                list.display(),
-                k + 1,
-                hash.chars().take(8).collect::<String>()
-            );
-        }
-    }
-    Ok(runs)
-}
-
-fn print_status(runs: &[&RunSpec], results: &Path) {
-    let (mut done, mut running, mut failed, mut pending) = (0, 0, 0, 0);
-    outln!("{:<8} {:<28} {:>5}  run", "state", "variant", "seed");
-    for r in runs {
-        let dir = r.dir(results);
-        let folder = dir
-            .file_name()
-            .map(|f| f.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let (state, detail) = match vcp_runner::runner::run_state(&dir) {
-            RunState::Done => {
-                done += 1;
-                ("done", String::new())
-            }
-            RunState::Running(h) => {
-                running += 1;
-                ("running", format!("  by {h}"))
-            }
-            RunState::Failed(m) => {
-                failed += 1;
-                ("failed", format!("  {m}"))
-            }
-            RunState::Pending => {
-                pending += 1;
-                ("pending", String::new())
-            }
-        };
-        outln!(
-            "{state:<8} {:<28} {:>5}  {folder}{detail}",
-            r.variant,
-            r.seed
-        );
-    }
-    outln!(
-        "{} runs: {done} done, {running} running, {failed} failed, {pending} pending",
-        runs.len()
-    );
-}
-
-/// Every backbone weight file the selected runs need exists, or one error (before any run
-/// starts) that says where to get it and where to put it.
-fn check_weights(runs: &[&RunSpec]) -> Result<()> {
-    let mut missing: Vec<(&str, &str)> = runs
-        .iter()
-        .map(|r| {
-            (
-                r.config.backbone.weights.as_str(),
-                r.config.backbone.preset.as_str(),
-            )
-        })
-        .filter(|(w, _)| !w.is_empty() && !Path::new(w).exists())
-        .collect();
-    missing.sort();
-    missing.dedup();
-    if let Some((w, preset)) = missing.first() {
-        let hint = match *preset {
-            "vit_l_14_336" => " (OpenAI's ViT-L-14-336px.pt: from https://openaipublic.azureedge.net/clip/models/ — see OpenAI CLIP's clip/clip.py for the URL; or `vcp weights fetch openai/clip-vit-large-patch14-336` for the Hugging Face copy, then set backbone.weights to the folder it prints)",
-            "vit_b_16" => " (`vcp weights fetch openai/clip-vit-base-patch16`, then set backbone.weights to the folder it prints)",
-            _ => " (`vcp weights fetch <owner/name>` downloads a Hugging Face CLIP; set backbone.weights to the folder it prints)",
-        };
-        bail!(
-            "backbone.weights `{w}` does not exist{}: put the weights there{hint}, or pass --set backbone.weights=PATH; no run was started",
-            if missing.len() > 1 {
-                format!(" (nor {} other weight files)", missing.len() - 1)
-            } else {
-                String::new()
-            }
-        );
-    }
-    Ok(())
-}
-
-fn needs_work(r: &RunSpec, results: &Path) -> bool {
-    matches!(
-        vcp_runner::runner::run_state(&r.dir(results)),
-        RunState::Pending | RunState::Failed(_)
-    )
-}
-
-pub fn run(a: Args) -> Result<()> {
-    let t = std::time::Instant::now();
-    let file = match &a.experiment {
-        Some(f) => f.clone(),
-        None => default_file()?,
-    };
-    let mut set_args = a.sets.clone();
-    if let Some(d) = &a.dtype {
-        set_args.push(format!("backbone.dtype={d}"));
-    }
-    let sets: Vec<_> = set_args
-        .iter()
-        .map(|s| experiment::parse_set(s))
-        .collect::<Result<_>>()?;
-    let device = crate::common::device(a.device.as_deref())?;
-    let ab = experiment::load(&file, &sets, a.seeds.as_deref())?.on_device(if device.is_cuda() {
-        "cuda"
-    } else {
-        "cpu"
-    });
-    let exp_dir = a.results.join(&ab.name);
-    let runs = selected(&a, &ab)?;
+fn request(a: &Args) -> Result<Request> {
     // Checked here, before any worker or array task starts with them.
-    let cache_bytes = mib_to_bytes(a.cache_mib as u64, "--cache-mib")?;
-    let feature_cache_bytes = mib_to_bytes(a.feature_cache_mib, "--feature-cache-mib")?;
-    if a.status {
-        print_status(&runs, &a.results);
-        return Ok(());
-    }
-    if let Some(name) = &a.break_lock {
-        let matching: Vec<&&RunSpec> = runs
-            .iter()
-            .filter(|r| {
-                let dir = r.dir(&a.results);
-                dir.file_name()
-                    .is_some_and(|f| f.to_string_lossy() == name.as_str())
-                    || (name.len() >= 4 && r.hash.starts_with(name.as_str()))
-            })
-            .collect();
-        let r = match matching.as_slice() {
-            [r] => r,
-            [] => bail!("--break-lock {name}: no run of {} has this folder name or hash prefix (see --status)", ab.name),
-            _ => bail!("--break-lock {name}: {} runs match; give the whole folder name", matching.len()),
-        };
-        let dir = r.dir(&a.results);
-        match vcp_runner::lock::break_lock(&dir)? {
-            Some(h) => outln!(
-                "removed the lock of {} held by {h}; if that process is still running, stop it: the run will be done again by the next `vcp ablate`",
-                dir.display()
-            ),
-            None => outln!("{}: not locked", dir.display()),
-        }
-        return Ok(());
-    }
-    if !a.worker {
-        eprintln!(
-            "{}: {} variants x seeds = {} runs{}",
-            ab.name,
-            ab.variants.len(),
-            ab.runs.len(),
-            if runs.len() < ab.runs.len() {
-                format!(" ({} selected)", runs.len())
-            } else {
-                String::new()
-            }
-        );
-    }
-    if !(a.slurm && a.dry_run) {
-        check_weights(&runs)?;
-    }
-    let exe = std::env::current_exe().context("the path of this vcp binary")?;
-    if a.slurm {
-        let todo: Vec<&RunSpec> = runs
-            .iter()
-            .copied()
-            .filter(|r| needs_work(r, &a.results))
-            .collect();
-        let results_abs = absolute(&a.results);
-        let mut ablate_args = shared_args(&a, &absolute(&file), &results_abs);
-        if let Some(d) = &a.device {
-            ablate_args.extend(["--device".into(), d.clone()]);
-        }
-        let mut report_args = vec![
-            absolute(&file).display().to_string(),
-            "--results".into(),
-            results_abs.display().to_string(),
-            "--device".into(),
-            ab.device.clone(),
-        ];
-        if let Some(s) = &a.seeds {
-            report_args.push(seeds_arg(s));
-        }
-        for s in &set_args {
-            report_args.extend(["--set".into(), s.clone()]);
-        }
-        let cwd = std::env::current_dir()?;
-        let cmds = vcp_runner::slurm::Commands {
-            exe: &exe,
-            ablate_args: &ablate_args,
-            report_args: &report_args,
-            submitted_by: &command_line(),
-            cwd: &cwd,
-        };
-        let o = vcp_runner::slurm::SlurmOptions {
+    launch::mib_to_bytes(a.cache_mib as u64, "--cache-mib")?;
+    launch::mib_to_bytes(a.feature_cache_mib, "--feature-cache-mib")?;
+    Ok(Request {
+        file: match &a.experiment {
+            Some(f) => f.clone(),
+            None => default_file()?,
+        },
+        results: a.results.clone(),
+        seeds: a.seeds.clone(),
+        sets: a.sets.clone(),
+        dtype: a.dtype.clone(),
+        device: a.device.clone(),
+        cache: launch::CacheOptions {
+            no_cache: a.no_cache,
+            cache_mib: a.cache_mib as u64,
+            feature_cache: a.feature_cache.clone(),
+            feature_cache_mib: a.feature_cache_mib,
+            no_feature_cache: a.no_feature_cache,
+        },
+        shard: a.shard.clone(),
+        run_list: a.run_list.clone().zip(a.run_index),
+    })
+}
+
+fn backend(a: &Args, runs: &[&experiment::RunSpec]) -> Result<Backend> {
+    Ok(if a.slurm {
+        Backend::Slurm(vcp_runner::slurm::SlurmOptions {
             partition: a.partition.clone(),
             gres: a.gres.clone(),
             time: a.time.clone(),
             array_parallelism: a.array_parallelism,
             sbatch_args: a.sbatch_args.clone(),
             dry_run: a.dry_run,
-        };
-        let sub = vcp_runner::slurm::submit(&cmds, &todo, &exp_dir, &ab.name, &o)?;
-        if a.dry_run {
-            outln!(
-                "# {}/array.sh\n{}\n# {}/collect.sh\n{}",
-                sub.dir.display(),
-                sub.array_script,
-                sub.dir.display(),
-                sub.collect_script
-            );
-            outln!(
-                "dry run: {} runs; scripts written to {}, nothing submitted",
-                sub.runs,
-                sub.dir.display()
-            );
+        })
+    } else if let Some(g) = &a.gpus {
+        Backend::Workers(launch::gpu_slots(g)?)
+    } else if let Some(n) = a.workers {
+        // All cores, or --threads of them.
+        let (slots, notes) = launch::cpu_slots(n, rayon::current_num_threads(), runs, &a.results)?;
+        for n in notes {
+            eprintln!("{n}");
+        }
+        Backend::Workers(slots)
+    } else {
+        Backend::Local { worker: a.worker }
+    })
+}
+
+fn print_status(runs: &[&experiment::RunSpec], results: &Path) {
+    let rows = launch::status(runs, results);
+    outln!("{:<8} {:<28} {:>5}  run", "state", "variant", "seed");
+    for r in &rows {
+        let detail = if r.detail.is_empty() {
+            String::new()
         } else {
-            outln!(
-                "submitted {} of {} runs: array job {} ({} tasks), collector job {} (afterany); scripts and logs in {}",
-                sub.runs,
-                runs.len(),
-                sub.array_job.as_deref().unwrap_or("?"),
-                sub.runs,
-                sub.collect_job.as_deref().unwrap_or("?"),
-                sub.dir.display()
-            );
-        }
-        return Ok(());
-    }
-    if a.gpus.is_some() || a.workers.is_some() {
-        let slots: Vec<vcp_runner::workers::Slot> = match (&a.gpus, a.workers) {
-            (Some(g), _) => {
-                if !candle_core::utils::cuda_is_available() {
-                    bail!("--gpus: this vcp was built without CUDA (cargo build --release --features cuda); use --workers N on the CPU");
-                }
-                if g.is_empty() || g.iter().any(|x| x.trim().is_empty()) {
-                    bail!("--gpus: give GPU indices, e.g. --gpus 0,1");
-                }
-                g.iter()
-                    .map(|x| vcp_runner::workers::Slot::Gpu(x.trim().to_string()))
-                    .collect()
-            }
-            (None, Some(0)) => bail!("--workers must be at least 1"),
-            (None, Some(n)) => {
-                // All cores, or --threads of them.
-                let cores = rayon::current_num_threads();
-                // No more workers than runs that need work (an idle worker only costs a process).
-                let need = runs
-                    .iter()
-                    .filter(|r| !r.dir(&a.results).join("record.json").exists())
-                    .count()
-                    .max(1);
-                let n = if n > need {
-                    eprintln!("--workers {n}: only {need} run(s) need work; starting {need}");
-                    need
-                } else {
-                    n
-                };
-                if n > cores {
-                    eprintln!(
-                        "--workers {n}: more workers than the {cores} cores; each gets one thread and they share the cores"
-                    );
-                }
-                (0..n)
-                    .map(|_| vcp_runner::workers::Slot::Cpu {
-                        threads: (cores / n).max(1),
-                    })
-                    .collect()
-            }
-            (None, None) => unreachable!(),
+            format!("  {}", r.detail)
         };
-        let mut args = vec!["ablate".to_string()];
-        args.extend(shared_args(&a, &file, &a.results));
-        if let Some(s) = &a.shard {
-            args.extend(["--shard".into(), s.clone()]);
-        }
-        let reference_table =
-            vcp_data::io::read_regular_string(&exp_dir.join("table.csv"), 256 << 20).ok();
-        let done = |runs: &[&RunSpec]| {
-            runs.iter()
-                .filter(|r| r.dir(&a.results).join("record.json").exists())
-                .count()
-        };
-        let done_before = done(&runs);
-        let pool = vcp_runner::workers::Pool {
-            exe,
-            args,
-            slots,
-            log_dir: exp_dir.join("workers"),
-        };
-        let outcomes = vcp_runner::workers::run(&pool, &runs, &a.results, &ab.name)?;
-        let bad: Vec<String> = outcomes
-            .iter()
-            .filter(|o| !o.success)
-            .map(|o| o.log.display().to_string())
-            .collect();
-        if vcp_runner::interrupt::requested() {
-            bail!("interrupted (Ctrl-C): the workers stopped; runs without a record are redone next time");
-        }
-        if !bad.is_empty() {
-            print_status(&runs, &a.results);
-            bail!(
-                "{} of {} workers ended with an error (see {})",
-                bad.len(),
-                outcomes.len(),
-                bad.join(", ")
-            );
-        }
-        let ran = done(&runs) - done_before;
         outln!(
-            "{ran} runs done by {} workers, {done_before} already finished",
-            outcomes.len()
+            "{:<8} {:<28} {:>5}  {}{detail}",
+            r.state,
+            r.variant,
+            r.seed,
+            r.folder
         );
-        return finish(&a, &ab, &exp_dir, t, reference_table, ran);
     }
-    let opts = vcp_runner::runner::RunOptions {
-        results: a.results.clone(),
-        device,
-        cache: !a.no_cache,
-        cache_bytes: cache_bytes as usize,
-        keep_images: 1,
-        command: command_line(),
-        quiet: a.worker,
-        keep_going: a.worker,
-        announce: a.worker,
-        feature_cache: (!a.no_feature_cache).then(|| vcp_runner::cache::DiskOptions {
-            dir: a
-                .feature_cache
-                .clone()
-                .unwrap_or_else(|| exp_dir.join("feature_cache")),
-            max_bytes: feature_cache_bytes,
-        }),
-    };
-    // The committed table is the reference this run is checked against (read before the new
-    // table replaces it).
-    let reference_table =
-        vcp_data::io::read_regular_string(&exp_dir.join("table.csv"), 256 << 20).ok();
-    let sum = vcp_runner::runner::run_all(&runs, &ab.name, &opts)?;
-    if a.worker {
-        eprintln!(
-            "worker {}: {} ran, {} had records, {} running elsewhere, {} failed",
-            std::process::id(),
-            sum.ran,
-            sum.skipped,
-            sum.busy,
-            sum.failed.len()
-        );
-        if !sum.failed.is_empty() {
-            bail!(
-                "{} run(s) failed: {}",
-                sum.failed.len(),
-                sum.failed
-                    .iter()
-                    .map(|(v, s, m)| format!("{v} seed {s}: {m}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            );
+    let count = |s: &str| rows.iter().filter(|r| r.state == s).count();
+    outln!(
+        "{} runs: {} done, {} running, {} failed, {} pending",
+        rows.len(),
+        count("done"),
+        count("running"),
+        count("failed"),
+        count("pending")
+    );
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let t = std::time::Instant::now();
+    let req = request(&a)?;
+    let device = crate::common::device(a.device.as_deref())?;
+    let ab = req.load(&device)?;
+    let runs = req.select(&ab)?;
+    if a.status {
+        print_status(&runs, &a.results);
+        return Ok(());
+    }
+    if let Some(name) = &a.break_lock {
+        match launch::break_lock(&runs, &a.results, &ab.name, name)? {
+            (dir, Some(h)) => outln!(
+                "removed the lock of {} held by {h}; if that process is still running, stop it: the run will be done again by the next `vcp ablate`",
+                dir.display()
+            ),
+            (dir, None) => outln!("{}: not locked", dir.display()),
         }
         return Ok(());
     }
-    outln!(
-        "{} runs done, {} already finished{}",
-        sum.ran,
-        sum.skipped,
-        if sum.busy > 0 {
-            format!(", {} running in other processes", sum.busy)
+    if !a.worker {
+        eprintln!("{}", banner(&ab, runs.len()));
+    }
+    if !(a.slurm && a.dry_run) {
+        launch::check_weights(&runs)?;
+    }
+    let backend = backend(&a, &runs)?;
+    let inv = launch::Invocation {
+        exe: std::env::current_exe().context("the path of this vcp binary")?,
+        command: command_line(),
+        device,
+    };
+    // The committed table is the reference the new one is checked against (read before the new
+    // table replaces it).
+    let reference_table = launch::reference_table(&req, &ab);
+    let ran = match launch::launch(&req, &ab, &runs, &backend, &inv) {
+        Ok(Launched::Slurm(sub)) => {
+            print_submission(&sub, runs.len(), a.dry_run);
+            return Ok(());
+        }
+        Ok(Launched::Workers {
+            ran,
+            done_before,
+            workers,
+        }) => {
+            outln!("{ran} runs done by {workers} workers, {done_before} already finished");
+            ran
+        }
+        Ok(Launched::Local(sum)) if a.worker => return worker_summary(&sum),
+        Ok(Launched::Local(sum)) => {
+            outln!(
+                "{} runs done, {} already finished{}",
+                sum.ran,
+                sum.skipped,
+                if sum.busy > 0 {
+                    format!(", {} running in other processes", sum.busy)
+                } else {
+                    String::new()
+                }
+            );
+            sum.ran
+        }
+        Err(e) => {
+            if matches!(backend, Backend::Workers(_)) && !vcp_runner::interrupt::requested() {
+                print_status(&runs, &a.results);
+            }
+            return Err(e);
+        }
+    };
+    print_finish(&req, &ab, t, reference_table, ran)
+}
+
+/// `name: V variants x seeds = N runs (K selected)`.
+fn banner(ab: &experiment::Ablation, selected: usize) -> String {
+    format!(
+        "{}: {} variants x seeds = {} runs{}",
+        ab.name,
+        ab.variants.len(),
+        ab.runs.len(),
+        if selected < ab.runs.len() {
+            format!(" ({selected} selected)")
         } else {
             String::new()
         }
+    )
+}
+
+/// A worker's one-line account (its runs are reported by the parent).
+fn worker_summary(sum: &vcp_runner::runner::RunSummary) -> Result<()> {
+    eprintln!(
+        "worker {}: {} ran, {} had records, {} running elsewhere, {} failed",
+        std::process::id(),
+        sum.ran,
+        sum.skipped,
+        sum.busy,
+        sum.failed.len()
     );
-    finish(&a, &ab, &exp_dir, t, reference_table, sum.ran)
+    if !sum.failed.is_empty() {
+        bail!(
+            "{} run(s) failed: {}",
+            sum.failed.len(),
+            sum.failed
+                .iter()
+                .map(|(v, s, m)| format!("{v} seed {s}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn print_submission(sub: &vcp_runner::slurm::Submission, selected: usize, dry_run: bool) {
+    if dry_run {
+        outln!(
+            "# {}/array.sh\n{}\n# {}/collect.sh\n{}",
+            sub.dir.display(),
+            sub.array_script,
+            sub.dir.display(),
+            sub.collect_script
+        );
+        outln!(
+            "dry run: {} runs; scripts written to {}, nothing submitted",
+            sub.runs,
+            sub.dir.display()
+        );
+    } else {
+        outln!(
+            "submitted {} of {selected} runs: array job {} ({} tasks), collector job {} (afterany); scripts and logs in {}",
+            sub.runs,
+            sub.array_job.as_deref().unwrap_or("?"),
+            sub.runs,
+            sub.collect_job.as_deref().unwrap_or("?"),
+            sub.dir.display()
+        );
+    }
 }
 
 /// Tables and plots once every run of the experiment has a record (and the reproduction check
 /// against the table that was there before).
-fn finish(
-    a: &Args,
+fn print_finish(
+    req: &Request,
     ab: &experiment::Ablation,
-    exp_dir: &Path,
     t: std::time::Instant,
     reference_table: Option<String>,
     ran: usize,
 ) -> Result<()> {
-    let missing = ab
-        .runs
-        .iter()
-        .filter(|r| !r.dir(&a.results).join("record.json").exists())
-        .count();
-    if missing > 0 {
-        outln!(
+    match launch::finish(req, ab, reference_table, ran)? {
+        Err(missing) => outln!(
             "{missing} of {} runs have no record yet; the table is written when all are done (`vcp ablate ... --status` lists them, `vcp report` tabulates what there is)",
             ab.runs.len()
-        );
-        return Ok(());
-    }
-    let (md, plots) = vcp_runner::report::report(
-        exp_dir,
-        &ab.variants,
-        ab.baseline.as_deref(),
-        &ab.reference,
-        Some(&ab.hashes()),
-    )?;
-    outln!("{md}");
-    outln!(
-        "{:.1} s.\nTable: {}/table.md (.csv, .tex)\nPlots: {}",
-        t.elapsed().as_secs_f64(),
-        exp_dir.display(),
-        plots
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    match (
-        &reference_table,
-        vcp_data::io::read_regular_string(&exp_dir.join("table.csv"), 256 << 20),
-    ) {
-        (Some(old), Ok(new)) if ran > 0 => {
-            outln!(
-                "{}",
-                vcp_runner::report::compare_tables(old, &new).summary()
-            )
-        }
-        (None, _) if ran > 0 => outln!(
-            "(no earlier table.csv in {} to compare with)",
-            exp_dir.display()
         ),
-        _ => {}
+        Ok(f) => {
+            outln!("{}", f.table_md);
+            outln!(
+                "{:.1} s.\nTable: {}/table.md (.csv, .tex)\nPlots: {}",
+                t.elapsed().as_secs_f64(),
+                req.exp_dir(ab).display(),
+                f.plots
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if let Some(r) = f.reproduction {
+                outln!("{r}");
+            }
+        }
     }
     Ok(())
 }
@@ -682,17 +436,4 @@ pub fn report(a: ReportArgs) -> Result<()> {
         plots.len()
     );
     Ok(())
-}
-
-/// MiB to bytes; a value whose bytes do not fit (in this machine's address space) is an error,
-/// not a silently wrapped (disabled) limit.
-fn mib_to_bytes(mib: u64, flag: &str) -> Result<u64> {
-    mib.checked_mul(1 << 20)
-        .filter(|&b| b <= usize::MAX as u64)
-        .with_context(|| {
-            format!(
-                "{flag} {mib}: too large (at most {} MiB)",
-                (usize::MAX as u64) >> 20
-            )
-        })
 }

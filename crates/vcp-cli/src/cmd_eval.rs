@@ -40,7 +40,7 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 pub fn run(a: Args) -> Result<()> {
     let mut exp = crate::common::load_experiment(&a.config)?;
     if let Some(d) = &a.dtype {
-        exp.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
+        exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
     }
     let dev = device(a.device.as_deref())?;
     let model = build_model(&exp, &dev)?;

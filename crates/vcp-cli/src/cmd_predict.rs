@@ -186,26 +186,26 @@ pub fn run(a: Args) -> Result<()> {
     vcp_data::io::prepare_out_dir(&a.out, &["scores.json"])?;
     let mut exp = experiment(&a)?;
     if let Some(c) = &a.clip {
-        exp.backbone.weights = c.clone();
+        exp.model.backbone.weights = c.clone();
     }
     if let Some(s) = a.size {
-        exp.backbone.image_size = s;
+        exp.model.backbone.image_size = s;
     }
     if let Some(l) = &a.layers {
-        exp.backbone.taps = parse_layers(l)?;
+        exp.model.backbone.taps = parse_layers(l)?;
     }
     if let Some(act) = &a.activation {
-        exp.backbone.activation = Some(act.parse()?);
+        exp.model.backbone.activation = Some(act.parse()?);
     }
     // Per-image maps "before any normalisation across images".
     if let Some(d) = &a.dtype {
-        exp.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
+        exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
     }
-    exp.fusion.normalize = Normalize::None;
+    exp.model.fusion.normalize = Normalize::None;
     let ref_paths = match &a.refs {
         Some(d) => {
             // k = 1 marks few-shot on; the references are all images of the folder.
-            exp.fewshot = Some(
+            exp.model.fewshot = Some(
                 vcp_model::SlotConfig::of("references")
                     .with("k", 1)
                     .with("memory_bank", a.memory_bank)
@@ -217,11 +217,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let images = list_images(&a)?;
     let dev = device(a.device.as_deref())?;
-    let w = backbone_weights(&exp.backbone, &dev)?;
-    let model = VcpModel::new(&exp.model(), &w, exp.seed, &dev)
+    let w = backbone_weights(&exp.model.backbone, &dev)?;
+    let model = VcpModel::new(&exp.model, &w, exp.seed, &dev)
         .map_err(|e| anyhow::anyhow!("model config: {}", crate::util::first(&e)))?;
     vcp_model::checkpoint::load_into(&model, &a.checkpoint)?;
-    let size = exp.backbone.image_size;
+    let size = exp.model.backbone.image_size;
     // Decode everything first: an unreadable image must not leave a partial result folder.
     let decode = |paths: &[PathBuf]| -> Result<Vec<(PathBuf, Vec<u8>)>> {
         paths
@@ -274,10 +274,10 @@ pub fn run(a: Args) -> Result<()> {
         let lg = model.logits_with(&feats, "object", false, false, refs.as_ref())?;
         let mut maps = model.image_maps(&lg, size)?;
         if let Some(r) = refs.as_ref().filter(|_| a.memory_bank > 0.0) {
-            let bank = r.memory_bank_maps(&feats, size, exp.fusion.upsample)?;
+            let bank = r.memory_bank_maps(&feats, size, exp.model.fusion.upsample)?;
             maps[0].fewshot = Some((a.memory_bank as f32, bank.flatten_all()?.to_vec1::<f32>()?));
         }
-        let fin = finalize(&maps, &exp.fusion);
+        let fin = finalize(&maps, &exp.model.fusion);
         let stem = p.file_stem().unwrap().to_string_lossy().to_string();
         let arr = vcp_data::npy::Array2 {
             height: size,

@@ -32,7 +32,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let mut exp = crate::common::load_experiment(&a.config)?;
     if let Some(d) = &a.dtype {
-        exp.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
+        exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
     }
     let mut tc = exp
         .train

@@ -23,8 +23,8 @@ pub fn load_experiment(path: &Path) -> Result<ExperimentConfig> {
 pub use vcp_runner::runner::backbone_weights;
 
 pub fn build_model(exp: &ExperimentConfig, device: &Device) -> Result<VcpModel> {
-    let w = backbone_weights(&exp.backbone, device)?;
-    VcpModel::new(&exp.model(), &w, exp.seed, device)
+    let w = backbone_weights(&exp.model.backbone, device)?;
+    VcpModel::new(&exp.model, &w, exp.seed, device)
         .map_err(|e| anyhow::anyhow!("model config: {}", crate::util::first(&e)))
 }
 

@@ -5,5 +5,8 @@
 use vcp_model::Registry;
 
 pub fn registry() -> Registry {
-    vcp_model::standard_registry().with(vcp_example_refiner::register)
+    let mut reg = vcp_model::standard_registry();
+    // Component crates, one line each (`vcp new-component` adds its line below this one).
+    vcp_example_refiner::register(&mut reg);
+    reg
 }

@@ -15,6 +15,7 @@ mod cmd_demo;
 mod cmd_eval;
 mod cmd_eval_maps;
 mod cmd_features;
+mod cmd_new_component;
 mod cmd_predict;
 mod cmd_pretrain;
 mod cmd_tokenize;
@@ -70,6 +71,9 @@ enum Command {
     Bench(cmd_bench::Args),
     /// End-to-end smoke run on the embedded default (tiny random CLIP, synthetic images).
     Demo(cmd_demo::Args),
+    /// Start a new component: a compiling crate from the slot's template, registered in this
+    /// binary with one line, and an experiment comparing it with the slot's default.
+    NewComponent(cmd_new_component::Args),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         Command::Ablate(a) => cmd_ablate::run(a),
         Command::Report(a) => cmd_ablate::report(a),
         Command::PretrainClip(a) => cmd_pretrain::run(a),
+        Command::NewComponent(a) => cmd_new_component::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

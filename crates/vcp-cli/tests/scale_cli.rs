@@ -59,7 +59,26 @@ fn two_processes_share_an_experiment_without_running_a_run_twice() {
             .spawn()
             .unwrap()
     };
-    let (p1, p2) = (spawn(), spawn());
+    // The second process starts once the first holds a run: both then compete for the other
+    // five, and each is sure to have done at least one.
+    let p1 = spawn();
+    let runs_dir = results.join("mini_scale/runs");
+    let t = std::time::Instant::now();
+    let holds = || {
+        std::fs::read_dir(&runs_dir).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok()).any(|e| {
+                e.path().join("lock.json").exists() || e.path().join("record.json").exists()
+            })
+        })
+    };
+    while !holds() {
+        assert!(
+            t.elapsed().as_secs() < 300,
+            "the first process never claimed a run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let p2 = spawn();
     let (pid1, pid2) = (p1.id() as u64, p2.id() as u64);
     let (o1, _) = ok_output(p1.wait_with_output().unwrap());
     let (o2, _) = ok_output(p2.wait_with_output().unwrap());
@@ -77,7 +96,10 @@ fn two_processes_share_an_experiment_without_running_a_run_twice() {
         let pid = r["worker"]["pid"].as_u64().unwrap();
         assert_eq!(pid, if r1.contains(h) { pid1 } else { pid2 }, "{h}");
     }
-    eprintln!("process 1 ran {}, process 2 ran {}", r1.len(), r2.len());
+    assert!(
+        !r1.is_empty() && !r2.is_empty(),
+        "both processes did runs: {r1:?} / {r2:?}"
+    );
     // --status: all done, no locks left.
     let (st, _) = ok(vcp(&cache)
         .arg("ablate")

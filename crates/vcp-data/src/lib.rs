@@ -13,6 +13,7 @@ pub mod dataset;
 pub mod decode;
 pub mod error;
 pub mod formats;
+pub mod interrupt;
 pub mod io;
 pub mod mask;
 pub mod meta;

@@ -10,8 +10,6 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 pub struct RunOptions {
@@ -29,19 +27,6 @@ pub struct RunSummary {
     pub interrupted: bool,
     pub wall_s: f64,
     pub last_loss: f32,
-}
-
-fn install_interrupt() -> Arc<AtomicBool> {
-    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    FLAG.get_or_init(|| {
-        let f = Arc::new(AtomicBool::new(false));
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&f));
-            let _ = signal_hook::flag::register(sig, Arc::clone(&f));
-        }
-        f
-    })
-    .clone()
 }
 
 fn append(path: &Path, header: &str, line: &str) -> Result<()> {
@@ -141,55 +126,55 @@ impl Drop for FolderLock {
     }
 }
 
-pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+/// The trainer of `--out`: resumed from its checkpoint, or fresh (refused when a checkpoint
+/// is there; old logs removed, they would mix with the new ones).
+fn open_trainer(cfg: &PretrainConfig, opts: &RunOptions) -> Result<Trainer> {
     let out = &opts.out;
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
-    let _lock = FolderLock::take(out)?;
-    let mut tr = if opts.resume {
-        Trainer::resume(cfg.clone(), opts.device.clone(), &out.join("checkpoint"))?
-    } else {
-        if out.join("checkpoint").join("checkpoint.json").exists() {
-            anyhow::bail!(
-                "{}: a checkpoint exists; pass --resume to continue it or choose another --out",
-                out.display()
-            );
-        }
-        // Fresh run: old logs would mix with the new ones.
-        for f in ["log.csv", "heldout.csv"] {
-            let _ = std::fs::remove_file(out.join(f));
-        }
-        Trainer::new(cfg.clone(), opts.device.clone())?
-    };
-    write_atomic(&out.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
-    let flag = install_interrupt();
-    let total = cfg.train.steps;
-    let start_step = tr.step;
-    let held_kinds: Vec<&str> = match &cfg.objective {
-        Some(o) => o.heldout_kinds.iter().map(String::as_str).collect(),
-        None => heldout::heldout_kinds().to_vec(),
-    };
-    // Held-out pairs at the input size of the current phase (regenerated when it changes).
-    let mut heldout: (usize, Vec<vcp_data::corpus::CorpusSample>) = (0, Vec::new());
+    if opts.resume {
+        return Trainer::resume(cfg.clone(), opts.device.clone(), &out.join("checkpoint"));
+    }
+    if out.join("checkpoint").join("checkpoint.json").exists() {
+        anyhow::bail!(
+            "{}: a checkpoint exists; pass --resume to continue it or choose another --out",
+            out.display()
+        );
+    }
+    for f in ["log.csv", "heldout.csv"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    Trainer::new(cfg.clone(), opts.device.clone())
+}
 
-    // Producer: batches of the coming steps, two ahead.
+type Batches = std::sync::mpsc::Receiver<(usize, Result<Batch>)>;
+
+/// Producer thread: the batches of steps `start..total`, made two ahead of the training.
+fn spawn_producer(
+    cfg: &PretrainConfig,
+    start: usize,
+    total: usize,
+) -> (Batches, std::thread::JoinHandle<()>) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Batch>)>(2);
     let pcfg = cfg.clone();
     let producer = std::thread::spawn(move || {
         let tok = match vcp_clip::Tokenizer::clip() {
             Ok(t) => t,
             Err(e) => {
-                let _ = tx.send((start_step, Err(e.into())));
+                let _ = tx.send((start, Err(e.into())));
                 return;
             }
         };
-        for step in start_step..total {
+        for step in start..total {
             if tx.send((step, make_batch(&pcfg, &tok, step))).is_err() {
                 return;
             }
         }
     });
+    (rx, producer)
+}
 
-    let bar = if opts.progress {
+/// The progress bar of the loop (hidden without `progress`).
+fn progress_bar(progress: bool, start: usize, total: usize) -> indicatif::ProgressBar {
+    let bar = if progress {
         indicatif::ProgressBar::new(total as u64)
     } else {
         indicatif::ProgressBar::hidden()
@@ -202,14 +187,82 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         .progress_chars("=> "),
     );
     bar.set_prefix("pretrain");
-    bar.set_position(start_step as u64);
+    bar.set_position(start as u64);
+    bar
+}
+
+/// One line of `log.csv` for the step just done.
+fn log_step(
+    log: &Path,
+    tr: &Trainer,
+    report: &crate::trainer::StepReport,
+    rate: f64,
+    wall_s: f64,
+) -> Result<()> {
+    append(
+        log,
+        "step,loss,lr,logit_scale,img_per_s,wall_s,contrastive,patch,state,patch_scale",
+        &format!(
+            "{},{:.5},{:.3e},{:.3},{rate:.1},{wall_s:.1},{:.5},{:.5},{:.5},{:.3}",
+            tr.step,
+            report.total_value,
+            tr.cfg.lr_at(tr.step - 1),
+            tr.logit_scale()?.exp(),
+            report.contrastive,
+            report.patch,
+            report.state,
+            tr.patch_logit_scale().map(f32::exp).unwrap_or(0.0),
+        ),
+    )
+}
+
+/// One line of `heldout.csv`.
+fn log_heldout(path: &Path, step: usize, r: &heldout::HeldoutReport, size: usize) -> Result<()> {
+    append(
+        path,
+        "step,recall1_t2i,recall1_i2t,kind_accuracy,defect_auroc,image_auroc_seen,image_auroc_heldout,pixel_auroc_seen,pixel_auroc_heldout,size",
+        &format!(
+            "{step},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{size}",
+            r.recall1_t2i,
+            r.recall1_i2t,
+            r.kind_accuracy,
+            r.defect_auroc,
+            r.image_auroc_seen,
+            r.image_auroc_heldout,
+            r.pixel_auroc_seen,
+            r.pixel_auroc_heldout
+        ),
+    )
+}
+
+/// The loop (over 80 lines on purpose: one step of it, logging, checkpoint and evaluation,
+/// reads top to bottom in one place).
+pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let out = &opts.out;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let _lock = FolderLock::take(out)?;
+    let mut tr = open_trainer(&cfg, opts)?;
+    write_atomic(&out.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
+    vcp_data::interrupt::install();
+    let total = cfg.train.steps;
+    let start_step = tr.step;
+    let held_kinds: Vec<&str> = match &cfg.objective {
+        Some(o) => o.heldout_kinds.iter().map(String::as_str).collect(),
+        None => heldout::heldout_kinds().to_vec(),
+    };
+    // Held-out pairs at the input size of the current phase (regenerated when it changes).
+    let mut heldout: (usize, Vec<vcp_data::corpus::CorpusSample>) = (0, Vec::new());
+
+    let (rx, producer) = spawn_producer(&cfg, start_step, total);
+
+    let bar = progress_bar(opts.progress, start_step, total);
     let t0 = Instant::now();
     let mut last_loss = f32::NAN;
     let mut ema_rate = 0.0f64;
     let mut interrupted = false;
     let log = out.join("log.csv");
     while tr.step < total {
-        if flag.load(Ordering::Relaxed) {
+        if vcp_data::interrupt::requested() {
             interrupted = true;
             break;
         }
@@ -234,21 +287,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         };
         last_loss = loss;
         let ls = tr.logit_scale()?;
-        append(
-            &log,
-            "step,loss,lr,logit_scale,img_per_s,wall_s,contrastive,patch,state,patch_scale",
-            &format!(
-                "{},{loss:.5},{:.3e},{:.3},{rate:.1},{:.1},{:.5},{:.5},{:.5},{:.3}",
-                tr.step,
-                cfg.lr_at(tr.step - 1),
-                ls.exp(),
-                t0.elapsed().as_secs_f64(),
-                report.contrastive,
-                report.patch,
-                report.state,
-                tr.patch_logit_scale().map(f32::exp).unwrap_or(0.0),
-            ),
-        )?;
+        log_step(&log, &tr, &report, rate, t0.elapsed().as_secs_f64())?;
         bar.set_message(format!(
             "loss {loss:.3} scale {:.1} {ema_rate:.0} img/s",
             ls.exp()
@@ -267,22 +306,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 );
             }
             let r = heldout::evaluate(&clip, &heldout.1, &held_kinds, &tr.device)?;
-            append(
-                &out.join("heldout.csv"),
-                "step,recall1_t2i,recall1_i2t,kind_accuracy,defect_auroc,image_auroc_seen,image_auroc_heldout,pixel_auroc_seen,pixel_auroc_heldout,size",
-                &format!(
-                    "{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{size}",
-                    tr.step,
-                    r.recall1_t2i,
-                    r.recall1_i2t,
-                    r.kind_accuracy,
-                    r.defect_auroc,
-                    r.image_auroc_seen,
-                    r.image_auroc_heldout,
-                    r.pixel_auroc_seen,
-                    r.pixel_auroc_heldout
-                ),
-            )?;
+            log_heldout(&out.join("heldout.csv"), tr.step, &r, size)?;
             bar.println(format!(
                 "step {}: loss {loss:.3}, held-out R@1 t2i {:.3}, kind acc {:.3}, image AUROC seen {:.3} held-out {:.3}, pixel AUROC seen {:.3} held-out {:.3}",
                 tr.step, r.recall1_t2i, r.kind_accuracy, r.image_auroc_seen, r.image_auroc_heldout, r.pixel_auroc_seen, r.pixel_auroc_heldout

@@ -95,52 +95,77 @@ impl Default for SynthConfig {
     }
 }
 
-/// One experiment file: the model's slots as top-level tables, plus `[train]`, `[eval]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One experiment: the model and the run settings. In the file the model's slots are top-level
+/// tables beside `name`, `seed`, `[train]`, `[eval]` and `[synth]` (see [`FlatFile`]); here the
+/// model is one [`ModelConfig`], the type the model crates take.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExperimentConfig {
-    #[serde(default)]
     pub name: String,
-    #[serde(default)]
     pub seed: u64,
-    pub backbone: BackboneConfig,
-    pub prompt: SlotConfig,
-    pub deep_prompt: SlotConfig,
-    pub category: SlotConfig,
-    pub refiner: SlotConfig,
-    pub head: SlotConfig,
-    pub temperature: TemperatureConfig,
-    pub fusion: FusionConfig,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fewshot: Option<SlotConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<LossConfig>,
+    pub model: ModelConfig,
     pub train: Option<TrainConfig>,
     pub eval: Option<EvalConfig>,
-    #[serde(default)]
     pub synth: SynthConfig,
 }
 
-impl ExperimentConfig {
-    pub fn model(&self) -> ModelConfig {
-        ModelConfig {
-            backbone: self.backbone.clone(),
-            prompt: self.prompt.clone(),
-            deep_prompt: self.deep_prompt.clone(),
-            category: self.category.clone(),
-            refiner: self.refiner.clone(),
-            head: self.head.clone(),
-            temperature: self.temperature.clone(),
-            fusion: self.fusion.clone(),
-            fewshot: self.fewshot.clone(),
-            loss: self.loss.clone(),
+/// The file's shape (serde only): the model's tables at the top level, in this order. The
+/// resolved TOML of a run is this serialisation, and its hash names the run, so the order and
+/// the skipped empty tables are part of every run's identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlatFile {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    seed: u64,
+    backbone: BackboneConfig,
+    prompt: SlotConfig,
+    deep_prompt: SlotConfig,
+    category: SlotConfig,
+    refiner: SlotConfig,
+    head: SlotConfig,
+    temperature: TemperatureConfig,
+    fusion: FusionConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fewshot: Option<SlotConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    loss: Option<LossConfig>,
+    train: Option<TrainConfig>,
+    eval: Option<EvalConfig>,
+    #[serde(default)]
+    synth: SynthConfig,
+}
+
+impl From<FlatFile> for ExperimentConfig {
+    fn from(f: FlatFile) -> Self {
+        Self {
+            name: f.name,
+            seed: f.seed,
+            model: ModelConfig {
+                backbone: f.backbone,
+                prompt: f.prompt,
+                deep_prompt: f.deep_prompt,
+                category: f.category,
+                refiner: f.refiner,
+                head: f.head,
+                temperature: f.temperature,
+                fusion: f.fusion,
+                fewshot: f.fewshot,
+                loss: f.loss,
+            },
+            train: f.train,
+            eval: f.eval,
+            synth: f.synth,
         }
     }
+}
 
-    pub fn from_model(name: &str, m: ModelConfig) -> Self {
+impl From<ExperimentConfig> for FlatFile {
+    fn from(e: ExperimentConfig) -> Self {
+        let m = e.model;
         Self {
-            name: name.into(),
-            seed: 0,
+            name: e.name,
+            seed: e.seed,
             backbone: m.backbone,
             prompt: m.prompt,
             deep_prompt: m.deep_prompt,
@@ -151,6 +176,32 @@ impl ExperimentConfig {
             fusion: m.fusion,
             fewshot: m.fewshot,
             loss: m.loss,
+            train: e.train,
+            eval: e.eval,
+            synth: e.synth,
+        }
+    }
+}
+
+impl Serialize for ExperimentConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        FlatFile::from(self.clone()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExperimentConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        FlatFile::deserialize(d).map(Self::from)
+    }
+}
+
+impl ExperimentConfig {
+    /// An experiment of `m` alone (no run settings), e.g. a checkpoint's configuration.
+    pub fn from_model(name: &str, m: ModelConfig) -> Self {
+        Self {
+            name: name.into(),
+            seed: 0,
+            model: m,
             train: None,
             eval: None,
             synth: SynthConfig::default(),
@@ -181,7 +232,7 @@ impl ExperimentConfig {
             let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
             format!("{}: {msg}{at}", path.display())
         })?;
-        let model = raw.model().normalized(reg).map_err(|msg| {
+        let model = raw.model.normalized(reg).map_err(|msg| {
             // "<slot>: unknown field `k`, ..." → the line of `k` inside the slot's table.
             let slot = msg.split([':', '.']).next().unwrap_or("");
             let from = table_start(text, slot);
@@ -204,15 +255,7 @@ impl ExperimentConfig {
         };
         model.check_values().map_err(at_line)?;
         raw.check_run_values().map_err(at_line)?;
-        Ok(Self {
-            prompt: model.prompt,
-            deep_prompt: model.deep_prompt,
-            category: model.category,
-            refiner: model.refiner,
-            head: model.head,
-            fewshot: model.fewshot,
-            ..raw
-        })
+        Ok(Self { model, ..raw })
     }
 
     /// The run settings' numbers (`[train]`, `[eval]`, `[synth]`), checked at load time as

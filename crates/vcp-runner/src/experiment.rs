@@ -162,7 +162,7 @@ pub fn run_hash(resolved: &str, device_class: &str, weights: Option<&str>) -> St
 /// run hash and a record made with other weights is never taken for this run's. (Weight files
 /// are named by path; replace a file under the same path and delete its records.)
 pub fn weights_identity(c: &ExperimentConfig) -> Option<String> {
-    let b = &c.backbone;
+    let b = &c.model.backbone;
     (b.weights.is_empty() && b.preset == vcp_clip::pretrained::TINY_PRETRAINED)
         .then(|| format!("tiny_pretrained@{}", vcp_clip::pretrained::fingerprint()))
 }

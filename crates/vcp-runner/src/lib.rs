@@ -2,6 +2,8 @@
 //!
 //! * [`config`]: run settings and the experiment file (model slots + `[train]`, `[eval]`).
 //! * [`experiment`]: ablation files (base + variants + grid + seeds), resolved configs, hashes.
+//! * [`launch`]: one ablation request run here, by worker processes or as a Slurm job array;
+//!   tables and the reproduction check when all runs are done.
 //! * [`runner`]: resumable runs writing `record.json` last and atomically.
 //! * [`train`], [`eval`]: the training loop and the evaluation shared with `vcp train`/`vcp eval`.
 //! * [`cache`]: frozen-backbone features reused across variants and epochs.
@@ -16,6 +18,7 @@ pub mod data;
 pub mod eval;
 pub mod experiment;
 pub mod interrupt;
+pub mod launch;
 pub mod lock;
 pub mod plots;
 pub mod provenance;

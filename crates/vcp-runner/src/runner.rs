@@ -328,8 +328,8 @@ pub fn run_one(
     std::fs::create_dir_all(dir)?;
     vcp_data::io::write_atomic(&dir.join("config.resolved.toml"), spec.toml.as_bytes())?;
     let exp = &spec.config;
-    let w = backbone_weights(&exp.backbone, &o.device)?;
-    let model = VcpModel::new(&exp.model(), &w, exp.seed, &o.device)
+    let w = backbone_weights(&exp.model.backbone, &o.device)?;
+    let model = VcpModel::new(&exp.model, &w, exp.seed, &o.device)
         .map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or("")))?;
     let mut log = format!("run {} seed {} ({})\n", spec.variant, spec.seed, spec.hash);
     if let Some(k) = model.fewshot().map(|f| f.shots()) {
@@ -354,7 +354,7 @@ pub fn run_one(
     };
     let ev = crate::eval::evaluate(&model, &meta, &root, &eo, &o.device, &pb)?;
     pb.finish_and_clear();
-    let qual = write_run_files(dir, &ev, exp.backbone.image_size)?;
+    let qual = write_run_files(dir, &ev, exp.model.backbone.image_size)?;
     let (mean, mean_notes) = vcp_metrics::mean_over_categories(&ev.rows);
     let (t_end, end_iso) = utc_now();
     let (commit, dirty) = git_state();
@@ -370,7 +370,7 @@ pub fn run_one(
         git: Git { commit, dirty },
         command: o.command.clone(),
         device: format!("{:?}", o.device),
-        dtype: exp.backbone.dtype,
+        dtype: exp.model.backbone.dtype,
         start: start_iso,
         end: end_iso,
         wall_seconds: WallSeconds {

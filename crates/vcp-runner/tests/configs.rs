@@ -32,7 +32,7 @@ fn every_experiment_file_parses_and_builds() {
         }
         let exp = ExperimentConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
         // Build on random weights of the preset (real weights are not available in CI), small input.
-        let mut cfg = exp.model();
+        let mut cfg = exp.model.clone();
         let c = ClipConfig::preset(&cfg.backbone.preset).unwrap();
         let mut small = c.clone();
         small.vision.layers = c
@@ -78,7 +78,7 @@ fn unknown_keys_and_bad_combinations_are_named() {
     )
     .unwrap();
     let w = ClipWeights::random(&ClipConfig::tiny(), 0, &Device::Cpu).unwrap();
-    let e = VcpModel::new(&exp.model(), &w, 0, &Device::Cpu)
+    let e = VcpModel::new(&exp.model, &w, 0, &Device::Cpu)
         .err()
         .unwrap()
         .to_string();

@@ -20,12 +20,10 @@ pub fn load_experiment(path: &Path) -> Result<ExperimentConfig> {
     ExperimentConfig::load(path).map_err(|e| anyhow::anyhow!(e))
 }
 
-pub use vcp_runner::runner::backbone_weights;
+pub use vcp_runner::config::backbone_weights;
 
 pub fn build_model(exp: &ExperimentConfig, device: &Device) -> Result<VcpModel> {
-    let w = backbone_weights(&exp.model.backbone, device)?;
-    VcpModel::new(&exp.model, &w, exp.seed, device)
-        .map_err(|e| anyhow::anyhow!("model config: {}", crate::util::first(&e)))
+    exp.build_model(device)
 }
 
 pub fn device(name: Option<&str>) -> Result<Device> {

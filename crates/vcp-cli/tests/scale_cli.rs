@@ -697,3 +697,56 @@ fn a_failed_write_names_its_file_once() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Issue 25: SIGKILL in the middle of a run (no handler runs: the lock stays, no record is
+/// written) and a rerun: the dead process's lock is taken over, every run ends with exactly one
+/// record, and the table is written.
+#[test]
+fn sigkill_then_rerun_does_every_run_exactly_once() {
+    let d = tempfile::tempdir().unwrap();
+    let (cache, results) = (d.path().join("cache"), d.path().join("results"));
+    let file = mini(d.path());
+    let mut child = vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let runs_dir = results.join("mini_scale/runs");
+    let t = std::time::Instant::now();
+    let locked = || {
+        std::fs::read_dir(&runs_dir).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok())
+                .any(|e| e.path().join("lock.json").exists())
+        })
+    };
+    while !locked() {
+        assert!(t.elapsed().as_secs() < 300, "no run was ever claimed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(locked(), "a SIGKILLed process leaves its lock behind");
+    let (out, err) = ok(vcp(&cache)
+        .arg("ablate")
+        .arg(&file)
+        .arg("--results")
+        .arg(&results));
+    assert!(err.contains("took over the stale lock"), "{err}");
+    assert!(out.contains("| utp |"), "{out}");
+    let recs = records(&results);
+    assert_eq!(recs.len(), 6);
+    // Exactly one record per run folder, and every folder belongs to a run of the experiment.
+    let folders: Vec<_> = std::fs::read_dir(&runs_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(folders.len(), 6);
+    for f in folders {
+        assert!(f.path().join("record.json").exists());
+        assert!(!f.path().join("lock.json").exists());
+    }
+}

@@ -136,11 +136,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
-        let y = match &self.bias {
-            Some(b) => crate::fused::add_bias(&y, b)?,
-            None => y,
-        };
+        let y = crate::fused::linear_2d(
+            &x.reshape((rows, in_dim))?,
+            &self.weight_t,
+            self.bias.as_ref(),
+        )?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight_t.dim(1)?;
         Ok(y.reshape(out)?)

@@ -1,5 +1,6 @@
 //! Fused CPU kernels **with analytic backward** for training through the towers: LayerNorm,
-//! softmax over the last dimension, QuickGELU and the bias add of a Linear layer.
+//! softmax over the last dimension, QuickGELU and the bias add of a Linear layer; and a Linear
+//! layer with a frozen weight whose backward computes only the input's gradient.
 //!
 //! Why: candle composes these from generic element-wise ops when gradients are needed. Each
 //! composed op allocates a tensor, runs one element at a time on one thread (exp, sigmoid), and
@@ -499,4 +500,68 @@ pub fn add_bias(x: &Tensor, b: &Tensor) -> CResult<Tensor> {
         return x.broadcast_add(b);
     }
     x.contiguous()?.apply_op2(&b.contiguous()?, AddBiasOp)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Linear layer with a frozen weight: only the input's gradient.
+
+/// Forward: the precomputed output (a copy); backward: `dx = dy W` only. candle's matmul
+/// backward also computes `x^T dy` for the weight (as costly as the forward matmul) and
+/// accumulates it, even for a weight nothing trains (VCP-CLIP's frozen text tower, through which
+/// the deep prompts' gradients flow).
+struct FrozenLinearGrad {
+    /// The weight as multiplied, `[in, out]`.
+    weight_t: Tensor,
+}
+
+impl CustomOp2 for FrozenLinearGrad {
+    fn name(&self) -> &'static str {
+        "vcp-frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(slice(s2, l2)?.to_vec()), l2.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        // The same expression as candle's matmul backward: the same bits.
+        Ok((Some(dy.matmul(&self.weight_t.t()?)?), None))
+    }
+}
+
+/// `x W^T + b` (`weight_t` = `W^T`, `[in, out]`; `x`: `[rows, in]`). When neither the weight nor
+/// the bias is trained but `x` needs a gradient (on CPU f32), the backward computes `dx` alone;
+/// otherwise candle's matmul and bias add (both gradients).
+pub fn linear_2d(x: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> CResult<Tensor> {
+    let frozen = !weight_t.track_op() && bias.is_none_or(|b| !b.track_op());
+    if !(frozen && x.track_op() && usable(&[x, weight_t])) {
+        let y = x.matmul(weight_t)?;
+        return match bias {
+            Some(b) => add_bias(&y, b),
+            None => Ok(y),
+        };
+    }
+    let y = x.detach().matmul(weight_t)?;
+    let y = match bias {
+        Some(b) => add_bias(&y, b)?,
+        None => y,
+    };
+    x.apply_op2(
+        &y,
+        FrozenLinearGrad {
+            weight_t: weight_t.clone(),
+        },
+    )
 }

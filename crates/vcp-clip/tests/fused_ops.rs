@@ -287,3 +287,47 @@ fn other_dtypes_and_strided_inputs_give_the_same_values() {
     let got: Vec<f64> = s.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     assert!(rel(&got, &want, 1e-3) < 1e-12);
 }
+
+/// A Linear layer whose weight and bias are frozen (plain tensors) computes the input's gradient
+/// alone: the output and that gradient are bit-identical to candle's matmul + bias add; a
+/// trained weight (a `Var`) keeps candle's path and gets its gradient.
+#[test]
+fn frozen_linear_gives_the_input_gradient_only_and_the_same_bits() {
+    let (rows, din, dout) = (7, 13, 5);
+    let x = Var::from_tensor(&t(&vals(111, rows * din, 1.0), &[rows, din])).unwrap();
+    let wt = t(&vals(112, din * dout, 0.5), &[din, dout]);
+    let b = t(&vals(113, dout, 0.5), &[dout]);
+    let r = t(&vals(114, rows * dout, 1.0), &[rows, dout]);
+    let ours = fused::linear_2d(x.as_tensor(), &wt, Some(&b)).unwrap();
+    let theirs = x
+        .as_tensor()
+        .matmul(&wt)
+        .unwrap()
+        .broadcast_add(&b)
+        .unwrap();
+    assert_eq!(flat(&ours), flat(&theirs));
+    let go = grads(&ours, &r, &[&x]);
+    let gt = grads(&theirs, &r, &[&x]);
+    assert_eq!(go[0], gt[0], "dx bit for bit");
+    // By hand: dx = r W (f64 of the f32 values).
+    let (rf, wf) = (flat(&r), flat(&wt));
+    for i in 0..rows {
+        for k in 0..din {
+            let want: f64 = (0..dout).map(|j| rf[i * dout + j] * wf[k * dout + j]).sum();
+            assert!((go[0][i * din + k] - want).abs() < 1e-5, "dx[{i},{k}]");
+        }
+    }
+    // A trained weight: its gradient is there.
+    let wv = Var::from_tensor(&wt).unwrap();
+    let y = fused::linear_2d(x.as_tensor(), wv.as_tensor(), Some(&b)).unwrap();
+    let g = grads(&y, &r, &[&x, &wv]);
+    let want_w: Vec<f64> = (0..din * dout)
+        .map(|kj| {
+            let (k, j) = (kj / dout, kj % dout);
+            (0..rows)
+                .map(|i| flat(x.as_tensor())[i * din + k] * rf[i * dout + j])
+                .sum()
+        })
+        .collect();
+    assert!(rel(&g[1], &want_w, 1.0) < 1e-5, "dW");
+}

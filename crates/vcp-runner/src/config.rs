@@ -195,7 +195,32 @@ impl<'de> Deserialize<'de> for ExperimentConfig {
     }
 }
 
+/// CLIP weights of the backbone config: a file/directory, or seeded weights of a preset (random,
+/// or the embedded pretrained ones).
+pub fn backbone_weights(
+    cfg: &BackboneConfig,
+    device: &candle_core::Device,
+) -> anyhow::Result<vcp_clip::ClipWeights> {
+    if cfg.weights.is_empty() {
+        Ok(vcp_clip::ClipWeights::from_preset(
+            &cfg.preset,
+            cfg.seed,
+            device,
+        )?)
+    } else {
+        Ok(vcp_clip::ClipWeights::load(&cfg.weights, device)?)
+    }
+}
+
 impl ExperimentConfig {
+    /// The model of this experiment: its backbone's weights resolved and every slot built (the
+    /// parameters seeded by `seed`). Errors are one line.
+    pub fn build_model(&self, device: &candle_core::Device) -> anyhow::Result<vcp_model::VcpModel> {
+        let w = backbone_weights(&self.model.backbone, device)?;
+        vcp_model::VcpModel::new(&self.model, &w, self.seed, device)
+            .map_err(|e| anyhow::anyhow!("model config: {}", vcp_clip::error::first_line(&e)))
+    }
+
     /// An experiment of `m` alone (no run settings), e.g. a checkpoint's configuration.
     pub fn from_model(name: &str, m: ModelConfig) -> Self {
         Self {

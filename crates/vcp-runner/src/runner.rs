@@ -31,22 +31,7 @@ pub struct RunOptions {
     pub feature_cache: Option<crate::cache::DiskOptions>,
 }
 
-/// CLIP weights of the backbone config: a file/directory, or seeded weights of a preset (random,
-/// or the embedded pretrained ones).
-pub fn backbone_weights(
-    cfg: &vcp_model::config::BackboneConfig,
-    device: &Device,
-) -> Result<vcp_clip::ClipWeights> {
-    if cfg.weights.is_empty() {
-        Ok(vcp_clip::ClipWeights::from_preset(
-            &cfg.preset,
-            cfg.seed,
-            device,
-        )?)
-    } else {
-        Ok(vcp_clip::ClipWeights::load(&cfg.weights, device)?)
-    }
-}
+pub use crate::config::backbone_weights;
 
 /// What [`run_all`] did.
 #[derive(Debug, Default)]
@@ -328,9 +313,7 @@ pub fn run_one(
     std::fs::create_dir_all(dir)?;
     vcp_data::io::write_atomic(&dir.join("config.resolved.toml"), spec.toml.as_bytes())?;
     let exp = &spec.config;
-    let w = backbone_weights(&exp.model.backbone, &o.device)?;
-    let model = VcpModel::new(&exp.model, &w, exp.seed, &o.device)
-        .map_err(|e| anyhow::anyhow!("{}", e.to_string().lines().next().unwrap_or("")))?;
+    let model = exp.build_model(&o.device)?;
     let mut log = format!("run {} seed {} ({})\n", spec.variant, spec.seed, spec.hash);
     if let Some(k) = model.fewshot().map(|f| f.shots()) {
         // Fail before training when the evaluation data cannot supply the references.

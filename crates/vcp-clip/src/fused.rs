@@ -130,14 +130,19 @@ impl CustomOp3 for LayerNormOp {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         _res: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dx = x.apply_op3_no_bwd(gamma, &dy, &LayerNormGradX { eps: self.eps })?;
+        // A frozen gain and bias (plain tensors: nothing trains them) get no gradient.
+        if !gamma.track_op() && !beta.track_op() {
+            return Ok((Some(dx), None, None));
+        }
         let gb = x.apply_op2_no_bwd(&dy, &LayerNormGradGain { eps: self.eps })?; // [2, D]
-        Ok((Some(dx), Some(gb.get(0)?), Some(gb.get(1)?)))
+        let keep = |t: &Tensor, g: Tensor| t.track_op().then_some(g);
+        Ok((Some(dx), keep(gamma, gb.get(0)?), keep(beta, gb.get(1)?)))
     }
 }
 
@@ -452,10 +457,14 @@ impl CustomOp2 for AddBiasOp {
     fn bwd(
         &self,
         _x: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        // A frozen bias (a plain tensor) gets no gradient.
+        if !b.track_op() {
+            return Ok((Some(dy.clone()), None));
+        }
         let db = dy.contiguous()?.apply_op1_no_bwd(&SumRows)?;
         Ok((Some(dy.clone()), Some(db)))
     }

@@ -20,7 +20,7 @@ t0=$(date +%s)
 echo "== default ablation: $(( $(date +%s) - t0 )) s"
 for exp in experiments/fusion_alpha.toml experiments/zero_shot.toml experiments/ablate_heads.toml \
            experiments/fewshot.toml experiments/backbones.toml experiments/state_words.toml \
-           experiments/ablate_refiners.toml; do
+           experiments/ablate_refiners.toml experiments/diagnose_transfer.toml; do
     t0=$(date +%s)
     ./target/release/vcp ablate "$exp" --workers 2 | tail -4
     echo "== $exp: $(( $(date +%s) - t0 )) s"

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn vcp() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vcp"))
 }
@@ -375,36 +377,18 @@ fn predict_refuses_a_fifo_among_the_images() {
         .unwrap()
         .success());
     let out = dir.path().join("pred");
-    let mut child = vcp()
-        .args(["predict", "--checkpoint"])
-        .arg(official().join("vcp_trainables.pth"))
-        .arg("--clip")
-        .arg(official().join("clip_openai.safetensors"))
-        .args([
-            "--size",
-            "80",
-            "--layers",
-            "3,6,9,12",
-            "--activation",
-            "gelu",
-        ])
+    // The fixture's predict command with a folder of images instead of its one image.
+    let args: Vec<std::ffi::OsString> = predict_official(&out)
+        .get_args()
+        .map(|a| a.to_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "--image").unwrap();
+    let mut c = vcp();
+    c.args(&args[..at])
         .arg("--images")
         .arg(&imgs)
-        .arg("--out")
-        .arg(&out)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed().as_secs() > 300 {
-            child.kill().unwrap();
-            panic!("vcp predict blocked on the FIFO");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let o = child.wait_with_output().unwrap();
+        .args(&args[at + 2..]);
+    let o = common::output_within(&mut c, 300);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{e}");
     assert!(

@@ -585,25 +585,6 @@ fn cache_sizes_threads_and_break_lock() {
     );
 }
 
-/// Run `cmd` for at most `secs`: a command that opened a FIFO would block forever; here it is
-/// killed and the test fails instead of hanging CI.
-fn output_within(cmd: &mut Command, secs: u64) -> std::process::Output {
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t.elapsed().as_secs() > secs {
-            child.kill().unwrap();
-            panic!("{cmd:?} still running after {secs} s (blocked on a special file?)");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// Issue 25 (7, 8): a `--run-list` that is a FIFO or `/dev/zero` is refused before it is opened;
 /// a non-ASCII or non-hash line in it is one error naming the file and line.
 #[test]

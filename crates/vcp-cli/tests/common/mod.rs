@@ -81,3 +81,22 @@ set = { "deep_prompt" = { kind = "none" }, "category" = { kind = "static", token
 name = "vcp_clip"
 set = {}
 "#;
+
+/// Run `cmd` for at most `secs`: a command that opened a FIFO would block forever; here it is
+/// killed and the test fails instead of hanging CI.
+pub fn output_within(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed().as_secs() > secs {
+            child.kill().unwrap();
+            panic!("{cmd:?} still running after {secs} s (blocked on a special file?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}

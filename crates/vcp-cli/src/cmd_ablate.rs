@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use vcp_model::Registry;
 use vcp_runner::experiment;
 use vcp_runner::launch::{self, Backend, Launched, Request};
 
@@ -216,11 +217,11 @@ fn print_status(runs: &[&experiment::RunSpec], results: &Path) {
     );
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, reg: &Registry) -> Result<()> {
     let t = std::time::Instant::now();
     let req = request(&a)?;
     let device = crate::common::device(a.device.as_deref())?;
-    let ab = req.load(&device)?;
+    let ab = req.load(reg, &device)?;
     let runs = req.select(&ab)?;
     if a.status {
         print_status(&runs, &a.results);
@@ -244,6 +245,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let backend = backend(&a, &runs)?;
     let inv = launch::Invocation {
+        registry: reg,
         exe: std::env::current_exe().context("the path of this vcp binary")?,
         command: command_line(),
         device,
@@ -387,7 +389,7 @@ fn print_finish(
     Ok(())
 }
 
-pub fn report(a: ReportArgs) -> Result<()> {
+pub fn report(a: ReportArgs, reg: &Registry) -> Result<()> {
     let p = Path::new(&a.experiment);
     let sets: Vec<_> = a
         .sets
@@ -401,7 +403,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         f.is_file().then_some(f)
     };
     let ab = match &file {
-        Some(f) => Some(experiment::load(f, &sets, a.seeds.as_deref())?.on_device(&a.device)),
+        Some(f) => Some(experiment::load(reg, f, &sets, a.seeds.as_deref())?.on_device(&a.device)),
         None => {
             eprintln!(
                 "no experiment file for `{}`: tabulating every record in its folder (pass the file to keep exactly its runs)",

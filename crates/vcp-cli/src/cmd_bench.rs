@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
 use vcp_clip::{ClipConfig, ClipWeights};
+use vcp_model::Registry;
 use vcp_model::{presets, VcpModel};
 
 #[derive(clap::Args)]
@@ -58,7 +59,7 @@ fn timed(dev: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resul
     Ok(t.elapsed().as_secs_f64())
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, reg: &Registry) -> Result<()> {
     let dev = device(a.device.as_deref())?;
     vcp_clip::fused::set_enabled(!a.plain_kernels);
     if a.what.split(',').any(|w| w.trim() == "pretrain") {
@@ -77,7 +78,7 @@ pub fn run(a: Args) -> Result<()> {
     let w = ClipWeights::random(&cfg, 0, &dev)?;
     let mut mc = presets::vcp_clip(bb, cfg.text.layers);
     mc.deep_prompt.set("dropout", 0.0);
-    let model = VcpModel::new(&mc, &w, 0, &dev).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = VcpModel::new(reg, &mc, &w, 0, &dev).map_err(|e| anyhow::anyhow!("{e}"))?;
     drop(w);
     let b = a.batch;
     let s = a.size;

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use candle_core::Tensor;
 use indicatif::ProgressBar;
 use std::path::PathBuf;
+use vcp_model::Registry;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,13 +38,13 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     vcp_runner::bar(len, what)
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let mut exp = crate::common::load_experiment(&a.config)?;
+pub fn run(a: Args, reg: &Registry) -> Result<()> {
+    let mut exp = crate::common::load_experiment(reg, &a.config)?;
     if let Some(d) = &a.dtype {
         exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
     }
     let dev = device(a.device.as_deref())?;
-    let model = build_model(&exp, &dev)?;
+    let model = build_model(reg, &exp, &dev)?;
     if let Some(c) = &a.checkpoint {
         vcp_model::checkpoint::load_into(&model, c)?;
     } else if model.parameter_count() > 0 && !model.cfg.temperature.learnable {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use vcp_model::config::Normalize;
 use vcp_model::fusion::finalize;
+use vcp_model::Registry;
 use vcp_model::{presets, VcpModel};
 use vcp_runner::config::ExperimentConfig;
 
@@ -58,15 +59,15 @@ pub struct Args {
 
 /// The experiment to run: --config, else the config stored in our checkpoint, else (official
 /// checkpoints) the VCP-CLIP preset on ViT-L/14-336 at 518.
-fn experiment(a: &Args) -> Result<ExperimentConfig> {
+fn experiment(a: &Args, reg: &Registry) -> Result<ExperimentConfig> {
     if let Some(c) = &a.config {
-        return crate::common::load_experiment(c);
+        return crate::common::load_experiment(reg, c);
     }
     if let Some(text) = vcp_model::checkpoint::stored_config(&a.checkpoint)? {
         let m: vcp_model::ModelConfig = toml::from_str(&text)
             .with_context(|| format!("{}: stored config", a.checkpoint.display()))?;
         let m = m
-            .normalized(vcp_model::registry())
+            .normalized(reg)
             .map_err(|e| anyhow::anyhow!("{}: stored config: {e}", a.checkpoint.display()))?;
         return Ok(ExperimentConfig::from_model("checkpoint", m));
     }
@@ -181,10 +182,10 @@ pub fn overlay_png(
     Ok(())
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, reg: &Registry) -> Result<()> {
     // The output folder is checked before anything is loaded or computed.
     vcp_data::io::prepare_out_dir(&a.out, &["scores.json"])?;
-    let mut exp = experiment(&a)?;
+    let mut exp = experiment(&a, reg)?;
     if let Some(c) = &a.clip {
         exp.model.backbone.weights = c.clone();
     }
@@ -218,7 +219,7 @@ pub fn run(a: Args) -> Result<()> {
     let images = list_images(&a)?;
     let dev = device(a.device.as_deref())?;
     let w = backbone_weights(&exp.model.backbone, &dev)?;
-    let model = VcpModel::new(&exp.model, &w, exp.seed, &dev)
+    let model = VcpModel::new(reg, &exp.model, &w, exp.seed, &dev)
         .map_err(|e| anyhow::anyhow!("model config: {}", crate::util::first(&e)))?;
     vcp_model::checkpoint::load_into(&model, &a.checkpoint)?;
     let size = exp.model.backbone.image_size;

@@ -4,6 +4,7 @@
 use crate::common::{build_model, device};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
+use vcp_model::Registry;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,8 +30,8 @@ pub struct Args {
     dtype: Option<String>,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let mut exp = crate::common::load_experiment(&a.config)?;
+pub fn run(a: Args, reg: &Registry) -> Result<()> {
+    let mut exp = crate::common::load_experiment(reg, &a.config)?;
     if let Some(d) = &a.dtype {
         exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
     }
@@ -42,7 +43,7 @@ pub fn run(a: Args) -> Result<()> {
         tc.epochs = e;
     }
     let dev = device(a.device.as_deref())?;
-    let model = build_model(&exp, &dev)?;
+    let model = build_model(reg, &exp, &dev)?;
     let (meta, _, root) = vcp_runner::data::resolve(&tc.data, tc.root.as_deref(), &exp.synth)?;
     let val = tc
         .val_data

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
 use vcp_data::Meta;
-use vcp_model::VcpModel;
+use vcp_model::{Registry, VcpModel};
 use vcp_runner::config::{ExperimentConfig, SynthConfig};
 
 /// Resolve `synth:<domain>` (generated on first use) or a meta.json path to (meta, meta path, root).
@@ -16,14 +16,14 @@ pub fn resolve_data(
     vcp_runner::data::resolve(spec, root, synth)
 }
 
-pub fn load_experiment(path: &Path) -> Result<ExperimentConfig> {
-    ExperimentConfig::load(path).map_err(|e| anyhow::anyhow!(e))
+pub fn load_experiment(reg: &Registry, path: &Path) -> Result<ExperimentConfig> {
+    Ok(ExperimentConfig::load(reg, path)?)
 }
 
 pub use vcp_runner::config::backbone_weights;
 
-pub fn build_model(exp: &ExperimentConfig, device: &Device) -> Result<VcpModel> {
-    exp.build_model(device)
+pub fn build_model(reg: &Registry, exp: &ExperimentConfig, device: &Device) -> Result<VcpModel> {
+    exp.build_model(reg, device)
 }
 
 pub fn device(name: Option<&str>) -> Result<Device> {

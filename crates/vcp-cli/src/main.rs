@@ -77,11 +77,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    if let Err(e) = vcp_model::install_registry(components::registry()) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
     let cli = Cli::parse();
+    // Built once, here, and handed to every command that reads a model configuration.
+    let reg = components::registry();
     let threads = match &cli.command {
         Command::Bench(a) => a.threads,
         Command::Train(a) => a.threads,
@@ -99,14 +97,14 @@ fn main() -> ExitCode {
         Command::TextEmbed(a) => cmd_features::run_text(a),
         Command::EvalMaps(a) => cmd_eval_maps::run(a),
         Command::Demo(a) => cmd_demo::run(a),
-        Command::Bench(a) => cmd_bench::run(a),
+        Command::Bench(a) => cmd_bench::run(a, &reg),
         Command::Weights(c) => cmd_weights::run(c),
         Command::Data(c) => cmd_data::run(c),
-        Command::Train(a) => cmd_train::run(a),
-        Command::Eval(a) => cmd_eval::run(a),
-        Command::Predict(a) => cmd_predict::run(a),
-        Command::Ablate(a) => cmd_ablate::run(a),
-        Command::Report(a) => cmd_ablate::report(a),
+        Command::Train(a) => cmd_train::run(a, &reg),
+        Command::Eval(a) => cmd_eval::run(a, &reg),
+        Command::Predict(a) => cmd_predict::run(a, &reg),
+        Command::Ablate(a) => cmd_ablate::run(a, &reg),
+        Command::Report(a) => cmd_ablate::report(a, &reg),
         Command::PretrainClip(a) => cmd_pretrain::run(a),
         Command::NewComponent(a) => cmd_new_component::run(a),
     };

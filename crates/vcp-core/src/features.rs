@@ -56,16 +56,32 @@ impl Features {
     }
 }
 
-/// Intermediates, for parity tests and debugging.
+/// Intermediates, for parity tests and debugging. The assembly's own (category tokens, the
+/// text tower's first input, the head's projected tokens) are fields; a component records its
+/// own under names it chooses (`post_vcp.q`, one tensor per tapped layer), so this type knows
+/// no component.
 #[derive(Debug, Default)]
 pub struct Trace {
     pub class_tokens: Option<Tensor>,
     /// Input of text layer 1 after deep-prompt insertion, `[2, Bc, L, W]`.
     pub layer1_input: Option<Tensor>,
     pub raw_linear: Vec<Tensor>,
-    pub post_q: Vec<Tensor>,
-    pub post_k: Vec<Tensor>,
-    pub post_v: Vec<Tensor>,
-    pub post_attn_out: Vec<Tensor>,
-    pub post_refined: Vec<Tensor>,
+    components: std::collections::BTreeMap<String, Vec<Tensor>>,
+}
+
+impl Trace {
+    /// Append `t` to the list named `name` (a component calls it once per tapped layer).
+    pub fn push(&mut self, name: &str, t: Tensor) {
+        self.components.entry(name.to_string()).or_default().push(t);
+    }
+
+    /// What a component recorded under `name`, in push order (empty if nothing).
+    pub fn get(&self, name: &str) -> &[Tensor] {
+        self.components.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The names components recorded, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.components.keys().map(String::as_str)
+    }
 }

@@ -20,7 +20,7 @@ pub mod slots;
 pub use features::{Features, Trace};
 pub use ops::{l2norm, Linear};
 pub use params::Params;
-pub use registry::{BuildCtx, Registry, SlotConfig};
+pub use registry::{BuildCtx, Registry, SlotConfig, SlotError};
 pub use slots::{
     CategoryTokens, DeepPrompt, FewShot, HeadInput, HeadOutput, PatchHead, Refiner, TextCtx,
     TextPrompt,

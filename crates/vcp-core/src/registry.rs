@@ -3,8 +3,9 @@
 //! filled in (what is hashed into a run's folder name), and builds the component.
 //!
 //! A component crate exposes `pub fn register(reg: &mut Registry)`; the binary builds its
-//! registry in one place (`vcp_model::standard_registry()` plus one line per extra crate) and
-//! installs it with [`install`] before anything reads a configuration.
+//! registry once, in `main` (`vcp_model::standard_registry()` plus one line per extra crate), and
+//! passes it to whatever reads a configuration or builds a model. There is no process-wide
+//! registry: a test builds its own, so no test depends on another having run first.
 
 use crate::params::Params;
 use crate::slots::{CategoryTokens, DeepPrompt, FewShot, PatchHead, Refiner, TextPrompt};
@@ -13,7 +14,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
 use vcp_clip::{Clip, Tokenizer};
 
 /// A slot's table: `kind` plus the keys of that kind.
@@ -54,6 +54,55 @@ impl SlotConfig {
         self.set(key, value);
         self
     }
+}
+
+/// A slot table the registry refused, typed so that a caller can point at the line of the
+/// user's file that holds it (slot table, key) without re-reading the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotError {
+    /// `kind` is missing, not a string or not registered: `<slot>.kind <message>`.
+    Kind { slot: &'static str, message: String },
+    /// A key of the kind's table is unknown or has a wrong value: `<slot>: <message>` (serde's
+    /// wording). `key` is the offending key when the message names one.
+    Field {
+        slot: &'static str,
+        key: Option<String>,
+        message: String,
+    },
+}
+
+impl SlotError {
+    /// The slot's table name (`refiner`, `fewshot`, ...).
+    pub fn slot(&self) -> &'static str {
+        match self {
+            Self::Kind { slot, .. } | Self::Field { slot, .. } => slot,
+        }
+    }
+
+    /// The key to point at: `kind`, the unknown or mistyped key, or `None` (the table itself).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Kind { .. } => Some("kind"),
+            Self::Field { key, .. } => key.as_deref(),
+        }
+    }
+}
+
+impl std::fmt::Display for SlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kind { slot, message } => write!(f, "{slot}.kind {message}"),
+            Self::Field { slot, message, .. } => write!(f, "{slot}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for SlotError {}
+
+/// The key named by serde's "unknown field `k`, expected ..." (the one wording that names it).
+fn unknown_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    rest.split('`').next().map(str::to_string)
 }
 
 /// What a factory may read and register while building its component.
@@ -174,30 +223,35 @@ impl<T: ?Sized + 'static> Slot<T> {
         self.kinds.iter().map(|(k, f)| (k.as_str(), f.doc()))
     }
 
-    fn factory(&self, cfg: &SlotConfig) -> std::result::Result<&dyn Factory<T>, String> {
+    fn factory(&self, cfg: &SlotConfig) -> std::result::Result<&dyn Factory<T>, SlotError> {
+        let err = |message: String| SlotError::Kind {
+            slot: self.name,
+            message,
+        };
         let kind = match cfg.0.get("kind") {
             Some(toml::Value::String(k)) => k,
-            Some(_) => return Err(format!("{}.kind must be a string", self.name)),
-            None => return Err(format!("{}.kind is missing", self.name)),
+            Some(_) => return Err(err("must be a string".into())),
+            None => return Err(err("is missing".into())),
         };
         self.kinds.get(kind).map(|f| f.as_ref()).ok_or_else(|| {
-            format!(
-                "{}.kind = \"{kind}\" is not a registered kind (known: {})",
-                self.name,
+            err(format!(
+                "= \"{kind}\" is not a registered kind (known: {})",
                 self.kinds.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
+            ))
         })
     }
 
-    /// The table with its defaults filled in; errors start with `<slot>: ` and keep serde's
-    /// wording (e.g. ``unknown field `x` ``) so callers can find the key's line.
-    pub fn normalize(&self, cfg: &SlotConfig) -> std::result::Result<SlotConfig, String> {
+    /// The table with its defaults filled in. Errors are typed ([`SlotError`]); their text
+    /// starts with the slot's name and keeps serde's wording (e.g. ``unknown field `x` ``).
+    pub fn normalize(&self, cfg: &SlotConfig) -> std::result::Result<SlotConfig, SlotError> {
         let f = self.factory(cfg)?;
         let mut rest = cfg.0.clone();
         let kind = rest.remove("kind").expect("checked by factory()");
-        let filled = f
-            .normalize(&rest)
-            .map_err(|e| format!("{}: {e}", self.name))?;
+        let filled = f.normalize(&rest).map_err(|message| SlotError::Field {
+            slot: self.name,
+            key: unknown_field(&message),
+            message,
+        })?;
         let mut out = toml::Table::new();
         out.insert("kind".into(), kind);
         out.extend(filled);
@@ -205,7 +259,9 @@ impl<T: ?Sized + 'static> Slot<T> {
     }
 
     pub fn build(&self, cfg: &SlotConfig, ctx: &mut BuildCtx) -> Result<Option<Box<T>>> {
-        let f = self.factory(cfg).map_err(candle_core::Error::Msg)?;
+        let f = self
+            .factory(cfg)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let mut rest = cfg.0.clone();
         rest.remove("kind");
         f.build(&rest, ctx).map_err(|e| {
@@ -276,21 +332,6 @@ impl Registry {
     }
 }
 
-static GLOBAL: OnceLock<Registry> = OnceLock::new();
-
-/// Install the process's registry (the binary, once, first thing). Fails when one is already
-/// installed or was already initialised by [`global_or_init`].
-pub fn install(reg: Registry) -> std::result::Result<(), String> {
-    GLOBAL
-        .set(reg)
-        .map_err(|_| "the component registry was installed or used before install()".into())
-}
-
-/// The installed registry, or the one `init` builds if none was installed.
-pub fn global_or_init(init: impl FnOnce() -> Registry) -> &'static Registry {
-    GLOBAL.get_or_init(init)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,22 +381,34 @@ mod tests {
             .refiner
             .normalize(&SlotConfig::of("toy").with("head", 2))
             .unwrap_err();
-        assert!(e.starts_with("refiner: unknown field `head`"), "{e}");
+        assert!(
+            e.to_string().starts_with("refiner: unknown field `head`"),
+            "{e}"
+        );
+        assert_eq!((e.slot(), e.key()), ("refiner", Some("head")));
         let e = r.refiner.normalize(&SlotConfig::of("nope")).unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "refiner.kind = \"nope\" is not a registered kind (known: toy)"
         );
+        assert_eq!((e.slot(), e.key()), ("refiner", Some("kind")));
         let e = r
             .refiner
             .normalize(&SlotConfig(toml::Table::new()))
             .unwrap_err();
-        assert_eq!(e, "refiner.kind is missing");
+        assert_eq!(e.to_string(), "refiner.kind is missing");
+        assert_eq!(e.key(), Some("kind"));
+        let e = r
+            .refiner
+            .normalize(&SlotConfig::of("toy").with("kind", 3))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "refiner.kind must be a string");
         let e = r
             .refiner
             .normalize(&SlotConfig::of("toy").with("heads", "two"))
             .unwrap_err();
-        assert!(e.contains("heads") || e.contains("invalid type"), "{e}");
+        assert!(e.to_string().starts_with("refiner: invalid type"), "{e}");
+        assert_eq!(e.slot(), "refiner");
     }
 
     #[test]

@@ -19,13 +19,15 @@ fn registered_with_one_line_and_trained_through_the_model() {
         .refiner
         .normalize(&SlotConfig::of("gated_cross_attention").with("gate", 1.0))
         .unwrap_err();
-    assert!(e.contains("unknown field `gate`"), "{e}");
+    assert!(e.to_string().contains("unknown field `gate`"), "{e}");
+    assert_eq!((e.slot(), e.key()), ("refiner", Some("gate")));
     // Without the line, the kind is unknown.
     let e = vcp_model::standard_registry()
         .refiner
         .normalize(&SlotConfig::of("gated_cross_attention"))
         .unwrap_err();
-    assert!(e.contains("not a registered kind"), "{e}");
+    assert!(e.to_string().contains("not a registered kind"), "{e}");
+    assert_eq!(e.key(), Some("kind"));
 
     let dev = Device::Cpu;
     let w = ClipWeights::random(&ClipConfig::tiny(), 0, &dev).unwrap();
@@ -44,7 +46,7 @@ fn registered_with_one_line_and_trained_through_the_model() {
         cfg.refiner = SlotConfig::of("gated_cross_attention")
             .with("heads", 2)
             .with("gate_init", gate);
-        let m = VcpModel::new_in(&reg, &cfg, &w, 1, &dev).unwrap();
+        let m = VcpModel::new(&reg, &cfg, &w, 1, &dev).unwrap();
         let names: Vec<String> = m.params.vars().into_iter().map(|(n, _)| n).collect();
         assert!(names.iter().any(|n| n == "temperature.post"), "{names:?}");
         let f = m.encode_images(&x).unwrap();

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 pub use vcp_core::ops::Upsample;
-pub use vcp_core::{Registry, SlotConfig};
+pub use vcp_core::{Registry, SlotConfig, SlotError};
 pub use vcp_fewshot::FewShotConfig;
 
 /// The frozen CLIP backbone.
@@ -315,7 +315,7 @@ pub const FEWSHOT_DEFAULT_KIND: &str = "references";
 impl ModelConfig {
     /// Every slot's table parsed strictly by its kind and returned with the defaults filled in
     /// (what a run's hash and a checkpoint's metadata hold). Errors start with the slot's name.
-    pub fn normalized(&self, reg: &Registry) -> Result<Self, String> {
+    pub fn normalized(&self, reg: &Registry) -> Result<Self, SlotError> {
         Ok(Self {
             prompt: reg.prompt.normalize(&self.prompt)?,
             deep_prompt: reg.deep_prompt.normalize(&self.deep_prompt)?,

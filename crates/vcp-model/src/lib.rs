@@ -23,7 +23,7 @@ pub mod presets;
 
 pub use config::ModelConfig;
 pub use model::{Features, Logits, VcpModel};
-pub use vcp_core::{Registry, SlotConfig};
+pub use vcp_core::{Registry, SlotConfig, SlotError};
 
 /// The workspace's own components: every kind of every slot.
 pub fn standard_registry() -> Registry {
@@ -34,15 +34,4 @@ pub fn standard_registry() -> Registry {
         .with(vcp_post_vcp::register)
         .with(vcp_heads::register)
         .with(vcp_fewshot::register)
-}
-
-/// The process's registry: the one the binary installed with [`install_registry`], else
-/// [`standard_registry`].
-pub fn registry() -> &'static Registry {
-    vcp_core::registry::global_or_init(standard_registry)
-}
-
-/// Install the process's registry (once, before any configuration is read).
-pub fn install_registry(reg: Registry) -> Result<(), String> {
-    vcp_core::registry::install(reg)
 }

@@ -2,7 +2,7 @@
 //! loop bodies). Image features come from the frozen tower once (and can be cached); everything
 //! after them is differentiable with respect to the trainable parameters only.
 //!
-//! The components come from the registry (`crate::registry()`), so this file knows no
+//! The components come from the registry the caller passes, so this file knows no
 //! component kind: it asks the components what they need (category tokens, text, a refiner).
 
 use crate::config::{LayerReduce, ModelConfig};
@@ -57,19 +57,9 @@ pub struct VcpModel {
 }
 
 impl VcpModel {
-    /// Build with trainable parameters initialised from `seed` (reference initialisers), with
-    /// the process's registry.
+    /// Build every slot of `cfg` with the kinds of `reg`, trainable parameters initialised from
+    /// `seed` (reference initialisers).
     pub fn new(
-        cfg: &ModelConfig,
-        weights: &ClipWeights,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
-        Self::new_in(crate::registry(), cfg, weights, seed, device)
-    }
-
-    /// [`Self::new`] with an explicit registry.
-    pub fn new_in(
         reg: &Registry,
         cfg: &ModelConfig,
         weights: &ClipWeights,

@@ -11,7 +11,7 @@ fn chunked_gradients_equal_full_batch() {
     let w = ClipWeights::random(&ClipConfig::tiny(), 0, &dev).unwrap();
     let mut cfg = presets::vcp_clip(presets::tiny(64), 4);
     cfg.deep_prompt.set("dropout", 0.0);
-    let m = VcpModel::new(&cfg, &w, 3, &dev).unwrap();
+    let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 3, &dev).unwrap();
     let x = vcp_clip::testing::seeded_randn(4, &[4, 3, 64, 64], &dev);
     let gt = vcp_clip::testing::seeded_randn(5, &[4, 64, 64], &dev)
         .ge(1.28)

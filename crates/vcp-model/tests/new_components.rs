@@ -74,7 +74,14 @@ fn decoder_head_shapes_losses_and_gradients() {
     let w = weights();
     let (x, gt) = batch(3);
     for tq in [false, true] {
-        let m = VcpModel::new(&decoder_cfg(tq), &w, 1, &Device::Cpu).unwrap();
+        let m = VcpModel::new(
+            &vcp_model::standard_registry(),
+            &decoder_cfg(tq),
+            &w,
+            1,
+            &Device::Cpu,
+        )
+        .unwrap();
         let f = m.encode_images(&x).unwrap();
         let lg = m.logits(&f, "x", true, false).unwrap();
         assert_eq!(lg.raw.len(), 4);
@@ -112,7 +119,9 @@ fn decoder_head_shapes_losses_and_gradients() {
     // Decoder + Post-VCP refiner is refused with a message naming the key.
     let mut bad = decoder_cfg(false);
     bad.refiner = base().refiner;
-    let e = VcpModel::new(&bad, &w, 1, &Device::Cpu).err().unwrap();
+    let e = VcpModel::new(&vcp_model::standard_registry(), &bad, &w, 1, &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("refiner.kind"), "{e}");
 }
 
@@ -132,7 +141,7 @@ fn state_word_ensembles_and_learnable_states() {
     let (x, gt) = batch(2);
     let dev = Device::Cpu;
     let text = |cfg: &ModelConfig| {
-        let m = VcpModel::new(cfg, &w, 5, &dev).unwrap();
+        let m = VcpModel::new(&vcp_model::standard_registry(), cfg, &w, 5, &dev).unwrap();
         let f = m.encode_images(&x).unwrap();
         m.text_embeddings(&f, "x", false).unwrap().0
     };
@@ -165,7 +174,7 @@ fn state_word_ensembles_and_learnable_states() {
         toml::Value::Array(vec!["good".into(), "flawless".into()]),
         false,
     ));
-    let m = VcpModel::new(&cfg, &w, 5, &dev).unwrap();
+    let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 5, &dev).unwrap();
     let names: Vec<String> = m.params.vars().into_iter().map(|(n, _)| n).collect();
     for n in [
         "prompt.state_normal.0",
@@ -181,9 +190,15 @@ fn state_word_ensembles_and_learnable_states() {
     let (loss, _) = m.loss(&lg, &gt).unwrap();
     assert_grads(&m, &loss, &["prompt.state_"]);
     // Empty word lists are refused.
-    let e = VcpModel::new(&with_states(toml::Value::Array(vec![]), false), &w, 5, &dev)
-        .err()
-        .unwrap();
+    let e = VcpModel::new(
+        &vcp_model::standard_registry(),
+        &with_states(toml::Value::Array(vec![]), false),
+        &w,
+        5,
+        &dev,
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains("prompt.normal_state"), "{e}");
 }
 
@@ -199,7 +214,7 @@ fn reference_conditioned_normal_prompt() {
             .with("k", 2)
             .with("normal_prompt", 1.0),
     );
-    let m = VcpModel::new(&cfg, &w, 2, &dev).unwrap();
+    let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 2, &dev).unwrap();
     let (refs_px, _) = batch(2);
     let refs = m
         .references(
@@ -249,7 +264,7 @@ fn reference_conditioned_normal_prompt() {
     // alpha = 0.5 lies between (after normalisation the normal channel moves towards refs).
     let mut half = cfg.clone();
     half.fewshot.as_mut().unwrap().set("normal_prompt", 0.5);
-    let m2 = VcpModel::new(&half, &w, 2, &dev).unwrap();
+    let m2 = VcpModel::new(&vcp_model::standard_registry(), &half, &w, 2, &dev).unwrap();
     let h = m2.logits_with(&f, "x", false, false, Some(&refs)).unwrap();
     let d_full = max_abs_diff(&zs.raw[0], &fs.raw[0]);
     let d_half = max_abs_diff(&zs.raw[0], &h.raw[0]);
@@ -262,11 +277,20 @@ fn dense_backbone_in_the_model_and_its_errors() {
     let (x, gt) = batch(2);
     let mut cfg = base();
     cfg.backbone.attention = VisionAttention::ValueValue;
-    let e = VcpModel::new(&cfg, &w, 0, &Device::Cpu).err().unwrap();
+    let e = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("backbone.dense_blocks"), "{e}");
     cfg.backbone.dense_blocks = Some(4);
-    let m = VcpModel::new(&cfg, &w, 0, &Device::Cpu).unwrap();
-    let std = VcpModel::new(&base(), &w, 0, &Device::Cpu).unwrap();
+    let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &Device::Cpu).unwrap();
+    let std = VcpModel::new(
+        &vcp_model::standard_registry(),
+        &base(),
+        &w,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
     let (a, b) = (m.encode_images(&x).unwrap(), std.encode_images(&x).unwrap());
     // taps 3, 6 from CLIP's path; 9, 12 from the dense path (blocks 9-12); global unchanged.
     assert_eq!(max_abs_diff(&a.layers[0], &b.layers[0]), 0.0);
@@ -310,7 +334,7 @@ fn mixed_precision_model_matches_f32() {
         b.dtype = dt;
         let mut cfg = presets::vcp_clip(b, w.config.text.layers);
         cfg.deep_prompt.set("dropout", 0.0);
-        let m = VcpModel::new(&cfg, &w, 0, &dev).unwrap();
+        let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &dev).unwrap();
         vcp_model::checkpoint::load_into(&m, &dir.join("vcp_trainables.safetensors")).unwrap();
         let feats = m.encode_images(x).unwrap();
         let lg = m.logits(&feats, "widget", true, false).unwrap();
@@ -379,7 +403,14 @@ fn mixed_precision_model_matches_f32() {
 #[test]
 fn features_do_not_depend_on_the_batch() {
     let w = weights();
-    let m = VcpModel::new(&base(), &w, 0, &Device::Cpu).unwrap();
+    let m = VcpModel::new(
+        &vcp_model::standard_registry(),
+        &base(),
+        &w,
+        0,
+        &Device::Cpu,
+    )
+    .unwrap();
     let (x, _) = batch(5);
     let all = m.encode_images(&x).unwrap();
     let one = m.encode_images(&x.narrow(0, 2, 1).unwrap()).unwrap();
@@ -412,9 +443,9 @@ fn category_tokens_must_fit_the_text_context() {
     let mut cfg = base();
     // start, "a photo of a good", <|class|>, end: the EOT at index 7, so r <= ctx - 7.
     cfg.category.set("tokens", (ctx - 7) as i64);
-    assert!(VcpModel::new(&cfg, &w, 0, &Device::Cpu).is_ok());
+    assert!(VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &Device::Cpu).is_ok());
     cfg.category.set("tokens", (ctx - 6) as i64);
-    let e = VcpModel::new(&cfg, &w, 0, &Device::Cpu)
+    let e = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
@@ -439,7 +470,7 @@ fn anomaly_clip_loss_adds_normal_dice_and_the_image_cross_entropy() {
         (lc.map_weight, lc.normal_dice, lc.image_ce),
         (4.0, true, 1.0)
     );
-    let m = VcpModel::new(&cfg, &w, 1, &Device::Cpu).unwrap();
+    let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 1, &Device::Cpu).unwrap();
     let f = m.encode_images(&x).unwrap();
     let lg = m.logits(&f, "x", true, false).unwrap();
     let (total, terms) = m.loss(&lg, &gt).unwrap();

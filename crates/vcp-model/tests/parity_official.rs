@@ -40,7 +40,7 @@ fn model(ckpt: &str) -> VcpModel {
     bb.image_size = 80;
     bb.taps = vec![3, 6, 9, 12];
     let cfg = presets::vcp_clip(bb, w.config.text.layers);
-    let m = VcpModel::new(&cfg, &w, 0, &Device::Cpu).unwrap();
+    let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &Device::Cpu).unwrap();
     load_into(&m, &official().join(ckpt)).unwrap();
     m
 }
@@ -77,17 +77,17 @@ fn eval_forward_matches_official() {
                 &probs(&lg.raw[i], 80, m.cfg.fusion.upsample).unwrap(),
                 &f[&k("raw.prob")],
             );
-            check(&k("post.q"), &tr.post_q[i], &f[&k("post.q")]);
-            check(&k("post.k"), &tr.post_k[i], &f[&k("post.k")]);
-            check(&k("post.v"), &tr.post_v[i], &f[&k("post.v")]);
+            check(&k("post.q"), &tr.get("post_vcp.q")[i], &f[&k("post.q")]);
+            check(&k("post.k"), &tr.get("post_vcp.k")[i], &f[&k("post.k")]);
+            check(&k("post.v"), &tr.get("post_vcp.v")[i], &f[&k("post.v")]);
             check(
                 &k("post.attn_out"),
-                &tr.post_attn_out[i],
+                &tr.get("post_vcp.attn_out")[i],
                 &f[&k("post.attn_out")],
             );
             check(
                 &k("post.text_refined"),
-                &tr.post_refined[i],
+                &tr.get("post_vcp.refined")[i],
                 &f[&k("post.text_refined")],
             );
             check(&k("post.logits"), &lg.refined[i], &f[&k("post.logits")]);

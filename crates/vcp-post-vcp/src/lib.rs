@@ -110,11 +110,11 @@ impl Refiner for PostVcp {
         let o = attn.matmul(&vh)?.transpose(1, 2)?.reshape((b, t, w))?; // [B, T, Wv]
         let refined = l2norm(&self.out.forward(&o)?)?;
         if let Some(tr) = trace {
-            tr.post_q.push(q);
-            tr.post_k.push(k);
-            tr.post_v.push(v);
-            tr.post_attn_out.push(o);
-            tr.post_refined.push(refined.clone());
+            tr.push("post_vcp.q", q);
+            tr.push("post_vcp.k", k);
+            tr.push("post_vcp.v", v);
+            tr.push("post_vcp.attn_out", o);
+            tr.push("post_vcp.refined", refined.clone());
         }
         Ok(refined)
     }

@@ -212,12 +212,39 @@ pub fn backbone_weights(
     }
 }
 
+/// An experiment file that does not load: the file, and where known the key (dotted, e.g.
+/// `refiner.heads`, or a bare key serde named) and its line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: std::path::PathBuf,
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    /// One line, starting with the key where there is one.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)?;
+        match self.line {
+            Some(l) => write!(f, " (line {l})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 impl ExperimentConfig {
-    /// The model of this experiment: its backbone's weights resolved and every slot built (the
-    /// parameters seeded by `seed`). Errors are one line.
-    pub fn build_model(&self, device: &candle_core::Device) -> anyhow::Result<vcp_model::VcpModel> {
+    /// The model of this experiment: its backbone's weights resolved and every slot built with
+    /// the kinds of `reg` (the parameters seeded by `seed`). Errors are one line.
+    pub fn build_model(
+        &self,
+        reg: &Registry,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<vcp_model::VcpModel> {
         let w = backbone_weights(&self.model.backbone, device)?;
-        vcp_model::VcpModel::new(&self.model, &w, self.seed, device)
+        vcp_model::VcpModel::new(reg, &self.model, &w, self.seed, device)
             .map_err(|e| anyhow::anyhow!("model config: {}", vcp_clip::error::first_line(&e)))
     }
 
@@ -233,50 +260,46 @@ impl ExperimentConfig {
         }
     }
 
-    /// Parse a TOML experiment strictly, with every slot table normalised by the process's
-    /// registry (defaults filled in); errors name the file, the offending key and its line.
-    pub fn from_toml(text: &str, path: &std::path::Path) -> Result<Self, String> {
-        Self::from_toml_in(vcp_model::registry(), text, path)
-    }
-
-    /// [`Self::from_toml`] with an explicit registry.
-    pub fn from_toml_in(
+    /// Parse a TOML experiment strictly, with every slot table normalised by `reg` (defaults
+    /// filled in); errors name the file, the offending key and its line.
+    pub fn from_toml(
         reg: &Registry,
         text: &str,
         path: &std::path::Path,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
+        let err = |key: Option<String>, line: Option<usize>, message: String| ConfigError {
+            file: path.to_path_buf(),
+            key,
+            line,
+            message,
+        };
         let raw: Self = toml::from_str(text).map_err(|e| {
             let msg = e.message().lines().next().unwrap_or("").to_string();
+            let key = unknown_key(&msg).map(str::to_string);
             let line = e.span().map(|s| {
                 let start = s.start.min(text.len());
                 // An unknown key's span covers its whole table: name the key's own line.
-                unknown_key(&msg)
+                key.as_deref()
                     .and_then(|k| key_line(text, k, start))
                     .unwrap_or_else(|| line_of(text, start))
             });
-            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-            format!("{}: {msg}{at}", path.display())
+            err(key, line, msg)
         })?;
-        let model = raw.model.normalized(reg).map_err(|msg| {
-            // "<slot>: unknown field `k`, ..." → the line of `k` inside the slot's table.
-            let slot = msg.split([':', '.']).next().unwrap_or("");
-            let from = table_start(text, slot);
-            let line = unknown_key(msg.split_once(": ").map(|(_, m)| m).unwrap_or(&msg))
-                .and_then(|k| key_line(text, k, from))
-                .or_else(|| key_line(text, "kind", from))
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            format!("{}: {msg}{line}", path.display())
+        let model = raw.model.normalized(reg).map_err(|e| {
+            // The key's line inside the slot's table; the table's `kind` line when the error
+            // names no key (a wrong value type).
+            let key = e.key().unwrap_or("kind");
+            let from = table_start(text, e.slot());
+            let line = key_line(text, key, from).or_else(|| key_line(text, "kind", from));
+            err(Some(format!("{}.{key}", e.slot())), line, e.to_string())
         })?;
-        // "key = value: why" → the file and the key's line.
+        // "key = value: why" (our own checks' wording) → the key and its line.
         let at_line = |msg: String| {
-            let key = msg.split(" = ").next().unwrap_or("");
-            let leaf = key.rsplit('.').next().unwrap_or(key);
+            let key = msg.split(" = ").next().unwrap_or("").to_string();
+            let leaf = key.rsplit('.').next().unwrap_or(&key);
             let from = table_start(text, key.split('.').next().unwrap_or(""));
-            let line = key_line(text, leaf, from)
-                .map(|l| format!(" (line {l})"))
-                .unwrap_or_default();
-            format!("{}: {msg}{line}", path.display())
+            let line = key_line(text, leaf, from);
+            err(Some(key.clone()), line, msg)
         };
         model.check_values().map_err(at_line)?;
         raw.check_run_values().map_err(at_line)?;
@@ -350,9 +373,20 @@ impl ExperimentConfig {
         Ok(())
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let text = vcp_data::io::read_regular_string(path, 64 << 20).map_err(|e| e.to_string())?;
-        Self::from_toml(&text, path)
+    pub fn load(reg: &Registry, path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = vcp_data::io::read_regular_string(path, 64 << 20).map_err(|e| {
+            let message = match e {
+                vcp_data::DataError::File { msg, .. } => msg,
+                other => other.to_string(),
+            };
+            ConfigError {
+                file: path.to_path_buf(),
+                key: None,
+                line: None,
+                message,
+            }
+        })?;
+        Self::from_toml(reg, &text, path)
     }
 
     pub fn to_toml(&self) -> String {

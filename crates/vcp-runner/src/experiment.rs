@@ -27,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use toml::Value;
+use vcp_model::Registry;
 
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -90,36 +91,54 @@ impl Ablation {
     }
 }
 
-/// Rewrite a config error on the re-serialised TOML so it names the user's file and line: for an
-/// unknown key, its line in the ablation file (variant overrides) or else in the base file.
+/// Rewrite a config error on the re-serialised TOML so it names the user's file and line: the
+/// key's line in the ablation file (the variant's overrides, written as dotted keys) or else in
+/// the base file.
 fn locate_in_user_files(
-    err: &str,
+    err: &crate::config::ConfigError,
     file: &Path,
     text: &str,
     base: Option<&(PathBuf, String)>,
     variant: &str,
 ) -> String {
-    use vcp_model::config::{key_line, unknown_key};
-    // "<internal path>: <message> (line N)" → the message alone.
-    let msg = err
-        .split_once(": ")
-        .map(|(_, m)| m)
-        .unwrap_or(err)
-        .rsplit_once(" (line ")
-        .map(|(m, _)| m)
-        .unwrap_or(err)
-        .to_string();
-    if let Some(k) = unknown_key(&msg) {
-        if let Some(l) = key_line(text, k, 0) {
+    let msg = &err.message;
+    if let Some(k) = err.key.as_deref() {
+        if let Some(l) = override_line(text, k) {
             return format!("{}, line {l} (variant {variant}): {msg}", file.display());
         }
         if let Some((bp, bt)) = base {
-            if let Some(l) = key_line(bt, k, 0) {
+            if let Some(l) = override_line(bt, k).or_else(|| table_key_line(bt, k)) {
                 return format!("{}, line {l}: {msg}", bp.display());
             }
         }
     }
     format!("{} (variant {variant}): {msg}", file.display())
+}
+
+/// The line that sets dotted key `key` as one quoted key (`"refiner.heads" = 4`, the way
+/// overrides are written) or, for a bare key, `key = ...` anywhere.
+fn override_line(text: &str, key: &str) -> Option<usize> {
+    if key.contains('.') {
+        let quoted = format!("\"{key}\"");
+        text.lines()
+            .position(|l| l.contains(&quoted))
+            .map(|i| i + 1)
+    } else {
+        vcp_model::config::key_line(text, key, 0)
+    }
+}
+
+/// The line that sets `leaf` inside table `[head]` of dotted key `head.leaf`.
+fn table_key_line(text: &str, key: &str) -> Option<usize> {
+    let (head, leaf) = key.rsplit_once('.')?;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with(&format!("[{head}]")) {
+            return vcp_model::config::key_line(text, leaf, offset);
+        }
+        offset += line.len();
+    }
+    None
 }
 
 /// The shard (of `n`) a run belongs to: a stable function of its hash, so every process given
@@ -261,7 +280,12 @@ struct Variant {
 }
 
 /// Read an ablation file (or a plain experiment file = one variant) and expand all runs.
-pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) -> Result<Ablation> {
+pub fn load(
+    reg: &Registry,
+    file: &Path,
+    cli_sets: &[(String, Value)],
+    seeds: Option<&[u64]>,
+) -> Result<Ablation> {
     let text = vcp_data::io::read_regular_string(file, 64 << 20)?;
     let top: toml::Table = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message()))?;
@@ -341,7 +365,7 @@ pub fn load(file: &Path, cli_sets: &[(String, Value)], seeds: Option<&[u64]>) ->
                 }
                 set_path(&mut val, "seed", Value::Integer(seed as i64))?;
                 let t = toml::to_string(&val)?;
-                let config = ExperimentConfig::from_toml(&t, file).map_err(|e| {
+                let config = ExperimentConfig::from_toml(reg, &t, file).map_err(|e| {
                     // The message names an internal, re-serialised TOML: point at the key in the
                     // user's own files instead (the ablation file's overrides, then the base).
                     anyhow::anyhow!(

@@ -14,6 +14,7 @@ use crate::workers::Slot;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
+use vcp_model::Registry;
 
 /// Feature caches of the runs (see [`crate::cache`]).
 #[derive(Debug, Clone)]
@@ -92,15 +93,16 @@ impl Request {
         v
     }
 
-    /// The expanded experiment, its run hashes for `device`'s class.
-    pub fn load(&self, device: &Device) -> Result<Ablation> {
+    /// The expanded experiment (slots read with the kinds of `reg`), its run hashes for
+    /// `device`'s class.
+    pub fn load(&self, reg: &Registry, device: &Device) -> Result<Ablation> {
         let sets: Vec<_> = self
             .all_sets()
             .iter()
             .map(|s| experiment::parse_set(s))
             .collect::<Result<_>>()?;
         let class = if device.is_cuda() { "cuda" } else { "cpu" };
-        Ok(experiment::load(&self.file, &sets, self.seeds.as_deref())?.on_device(class))
+        Ok(experiment::load(reg, &self.file, &sets, self.seeds.as_deref())?.on_device(class))
     }
 
     /// `results/<experiment>`.
@@ -361,7 +363,9 @@ pub fn cpu_slots(
 }
 
 /// What the process that launches knows about itself.
-pub struct Invocation {
+pub struct Invocation<'a> {
+    /// The component kinds this binary was built with.
+    pub registry: &'a Registry,
     /// This `vcp` binary (children run it).
     pub exe: PathBuf,
     /// The command line as the user typed it (recorded; written into Slurm scripts).
@@ -390,7 +394,7 @@ pub fn launch(
     ab: &Ablation,
     runs: &[&RunSpec],
     backend: &Backend,
-    inv: &Invocation,
+    inv: &Invocation<'_>,
 ) -> Result<Launched> {
     match backend {
         Backend::Local { worker } => run_here(req, ab, runs, *worker, inv).map(Launched::Local),
@@ -404,10 +408,11 @@ fn run_here(
     ab: &Ablation,
     runs: &[&RunSpec],
     worker: bool,
-    inv: &Invocation,
+    inv: &Invocation<'_>,
 ) -> Result<RunSummary> {
     let c = &req.cache;
     let opts = RunOptions {
+        registry: inv.registry,
         results: req.results.clone(),
         device: inv.device.clone(),
         cache: !c.no_cache,
@@ -437,7 +442,7 @@ fn run_workers(
     ab: &Ablation,
     runs: &[&RunSpec],
     slots: &[Slot],
-    inv: &Invocation,
+    inv: &Invocation<'_>,
 ) -> Result<Launched> {
     let mut args = vec!["ablate".to_string()];
     args.extend(req.child_args(&req.file, &req.results));
@@ -487,7 +492,7 @@ fn submit_slurm(
     ab: &Ablation,
     runs: &[&RunSpec],
     o: &crate::slurm::SlurmOptions,
-    inv: &Invocation,
+    inv: &Invocation<'_>,
 ) -> Result<crate::slurm::Submission> {
     let todo: Vec<&RunSpec> = runs
         .iter()

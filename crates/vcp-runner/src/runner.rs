@@ -10,9 +10,11 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::MultiProgress;
 use std::path::{Path, PathBuf};
-use vcp_model::VcpModel;
+use vcp_model::{Registry, VcpModel};
 
-pub struct RunOptions {
+pub struct RunOptions<'a> {
+    /// The component kinds the runs' slots are built with.
+    pub registry: &'a Registry,
     pub results: PathBuf,
     pub device: Device,
     pub cache: bool,
@@ -77,7 +79,7 @@ pub fn run_state(dir: &Path) -> RunState {
 /// claimed with a lock file first (see [`crate::lock`]), so several processes may share one
 /// experiment folder. A failed run leaves `error.txt` (its message) and no record; with
 /// `keep_going` the others still run, else the error is returned at once.
-pub fn run_all(runs: &[&RunSpec], name: &str, o: &RunOptions) -> Result<RunSummary> {
+pub fn run_all(runs: &[&RunSpec], name: &str, o: &RunOptions<'_>) -> Result<RunSummary> {
     let cache = FeatureCache::new(if o.cache { o.cache_bytes } else { 0 })
         .with_disk(o.feature_cache.clone());
     let mp = if o.quiet {
@@ -305,7 +307,7 @@ fn write_run_files(
 pub fn run_one(
     spec: &RunSpec,
     dir: &Path,
-    o: &RunOptions,
+    o: &RunOptions<'_>,
     cache: Option<&FeatureCache>,
     mp: &MultiProgress,
 ) -> Result<()> {
@@ -313,7 +315,7 @@ pub fn run_one(
     std::fs::create_dir_all(dir)?;
     vcp_data::io::write_atomic(&dir.join("config.resolved.toml"), spec.toml.as_bytes())?;
     let exp = &spec.config;
-    let model = exp.build_model(&o.device)?;
+    let model = exp.build_model(o.registry, &o.device)?;
     let mut log = format!("run {} seed {} ({})\n", spec.variant, spec.seed, spec.hash);
     if let Some(k) = model.fewshot().map(|f| f.shots()) {
         // Fail before training when the evaluation data cannot supply the references.

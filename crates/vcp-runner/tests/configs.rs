@@ -7,14 +7,17 @@ use vcp_clip::{ClipConfig, ClipWeights};
 use vcp_model::{presets, VcpModel};
 use vcp_runner::config::ExperimentConfig;
 
+/// The binary's registry (the example crate's experiment file lives in experiments/ too).
+fn reg() -> vcp_model::Registry {
+    vcp_model::standard_registry().with(vcp_example_refiner::register)
+}
+
 fn experiments() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments")
 }
 
 #[test]
 fn every_experiment_file_parses_and_builds() {
-    vcp_model::install_registry(vcp_model::standard_registry().with(vcp_example_refiner::register))
-        .ok();
     let mut n = 0;
     for e in std::fs::read_dir(experiments()).unwrap() {
         let p = e.unwrap().path();
@@ -30,7 +33,7 @@ fn every_experiment_file_parses_and_builds() {
         if raw.contains_key("corpus") {
             continue;
         }
-        let exp = ExperimentConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+        let exp = ExperimentConfig::load(&reg(), &p).unwrap_or_else(|e| panic!("{e}"));
         // Build on random weights of the preset (real weights are not available in CI), small input.
         let mut cfg = exp.model.clone();
         let c = ClipConfig::preset(&cfg.backbone.preset).unwrap();
@@ -48,7 +51,7 @@ fn every_experiment_file_parses_and_builds() {
         small.embed_dim = 64;
         cfg.backbone.image_size = c.vision.patch_size * 4;
         let w = ClipWeights::random(&small, 0, &Device::Cpu).unwrap();
-        let m = VcpModel::new(&cfg, &w, 0, &Device::Cpu)
+        let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &Device::Cpu)
             .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert!(m.parameter_count() > 0);
         n += 1;
@@ -60,16 +63,21 @@ fn every_experiment_file_parses_and_builds() {
 fn unknown_keys_and_bad_combinations_are_named() {
     let text = std::fs::read_to_string(experiments().join("vcp_clip_tiny.toml")).unwrap();
     let bad = text.replace("heads = 8", "heads = 8\nnum_heads = 4");
-    let e = ExperimentConfig::from_toml(&bad, std::path::Path::new("x.toml")).unwrap_err();
+    let e = ExperimentConfig::from_toml(&reg(), &bad, std::path::Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("x.toml") && e.contains("num_heads") && e.contains("line"),
         "{e}"
     );
     let bad = text.replace("kind = \"post_vcp\"", "kind = \"post_vpc\"");
-    let e = ExperimentConfig::from_toml(&bad, std::path::Path::new("x.toml")).unwrap_err();
+    let e = ExperimentConfig::from_toml(&reg(), &bad, std::path::Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("post_vpc"), "{e}");
     // UTP without category tokens cannot work.
     let exp = ExperimentConfig::from_toml(
+        &reg(),
         &text.replace(
             "kind = \"pre_vcp\"\ntokens = 2\nmap = \"conv1d\"",
             "kind = \"none\"",
@@ -78,10 +86,16 @@ fn unknown_keys_and_bad_combinations_are_named() {
     )
     .unwrap();
     let w = ClipWeights::random(&ClipConfig::tiny(), 0, &Device::Cpu).unwrap();
-    let e = VcpModel::new(&exp.model, &w, 0, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = VcpModel::new(
+        &vcp_model::standard_registry(),
+        &exp.model,
+        &w,
+        0,
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("category"), "{e}");
 }
 
@@ -96,7 +110,8 @@ fn presets_build_and_give_maps() {
     all.extend(presets::component_ablation(bb, 4));
     let x = vcp_clip::testing::seeded_randn(3, &[2, 3, 64, 64], &Device::Cpu);
     for (name, cfg) in all {
-        let m = VcpModel::new(&cfg, &w, 1, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 1, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let f = m.encode_images(&x).unwrap();
         let lg = m.logits(&f, "screw", false, false).unwrap();
         assert_eq!(lg.raw.len(), 4, "{name}");

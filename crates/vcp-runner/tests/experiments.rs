@@ -3,20 +3,13 @@
 use std::path::PathBuf;
 
 /// The binary's registry: the standard components plus the example crate (its experiment file
-/// lives in experiments/ too).
-fn registry() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        vcp_model::install_registry(
-            vcp_model::standard_registry().with(vcp_example_refiner::register),
-        )
-        .unwrap()
-    });
+/// lives in experiments/ too). Each test builds its own: none depends on another's order.
+fn reg() -> vcp_model::Registry {
+    vcp_model::standard_registry().with(vcp_example_refiner::register)
 }
 
 #[test]
 fn every_ablation_file_expands() {
-    registry();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
@@ -25,7 +18,7 @@ fn every_ablation_file_expands() {
         if p.extension().and_then(|x| x.to_str()) != Some("toml") || !text.contains("\nbase = ") {
             continue;
         }
-        let ab = vcp_runner::experiment::load(&p, &[], None)
+        let ab = vcp_runner::experiment::load(&reg(), &p, &[], None)
             .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
         assert!(!ab.runs.is_empty());
         let mut hashes: Vec<&str> = ab.runs.iter().map(|r| r.hash.as_str()).collect();
@@ -42,6 +35,7 @@ fn every_ablation_file_expands() {
     assert!(n >= 3, "found {n} ablation files");
     // --set and --seeds apply to every run.
     let ab = vcp_runner::experiment::load(
+        &reg(),
         &dir.join("ablate_default.toml"),
         &[vcp_runner::experiment::parse_set("train.epochs=1").unwrap()],
         Some(&[5]),
@@ -58,10 +52,9 @@ fn every_ablation_file_expands() {
 /// configuration of the default ablation's spelled-out variant.
 #[test]
 fn presets_and_their_experiment_file_forms_agree() {
-    registry();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
     let spelled =
-        vcp_runner::experiment::load(&dir.join("ablate_default.toml"), &[], None).unwrap();
+        vcp_runner::experiment::load(&reg(), &dir.join("ablate_default.toml"), &[], None).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let pairs = [
         ("utp", "utp"),
@@ -96,7 +89,7 @@ fn presets_and_their_experiment_file_forms_agree() {
     }
     let p = tmp.path().join("by_preset.toml");
     std::fs::write(&p, text).unwrap();
-    let by_preset = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    let by_preset = vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap();
     assert_eq!(by_preset.runs.len(), 18);
     for r in &by_preset.runs {
         let s = spelled
@@ -118,7 +111,7 @@ fn presets_and_their_experiment_file_forms_agree() {
     .unwrap();
     let e = format!(
         "{:#}",
-        vcp_runner::experiment::load(&p, &[], None).unwrap_err()
+        vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap_err()
     );
     assert!(
         e.contains("unknown preset `winclip`") && e.contains("april_gan"),
@@ -148,7 +141,7 @@ fn malformed_experiment_files_are_errors_naming_the_key() {
         let p = write_ablation(d.path(), head, tail);
         format!(
             "{:#}",
-            vcp_runner::experiment::load(&p, &[], None).unwrap_err()
+            vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap_err()
         )
     };
     let e = err("name = \"x\"\nseeds = \"1\"", "");
@@ -173,7 +166,7 @@ fn malformed_experiment_files_are_errors_naming_the_key() {
     assert!(e.contains("must be a number"), "{e}");
     // A name that is a path stays a folder name under --results.
     let p = write_ablation(d.path(), "name = \"../../etc/x\"", "");
-    let ab = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    let ab = vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap();
     assert!(
         !ab.name.contains('/') && !ab.name.starts_with(".."),
         "{}",
@@ -236,7 +229,7 @@ fn record(variant: &str, seed: u64, hash: &str, auroc: f64) -> vcp_runner::recor
 fn the_device_class_is_part_of_a_run_and_stale_records_are_left_out() {
     let d = tempfile::tempdir().unwrap();
     let p = write_ablation(d.path(), "name = \"x\"\nseeds = [0, 1]", "");
-    let cpu = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    let cpu = vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap();
     let cpu2 = cpu.clone().on_device("cpu");
     let cuda = cpu.clone().on_device("cuda:1");
     assert_eq!(cpu.hashes(), cpu2.hashes());
@@ -280,19 +273,46 @@ fn unknown_keys_are_reported_at_their_own_line_in_the_users_file() {
     let line = text.lines().position(|l| l.contains("raw_weigth")).unwrap() + 1;
     let e = format!(
         "{:#}",
-        vcp_runner::experiment::load(&p, &[], None).unwrap_err()
+        vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap_err()
     );
     assert!(
         e.contains("ab.toml") && e.contains(&format!("line {line}")) && e.contains("raw_weigth"),
         "{e} (want line {line})"
     );
+    // A slot's unknown key and a value out of range, set by a variant: the line of that
+    // override (the registry's typed error carries slot and key; nothing is re-parsed).
+    for (set, key) in [
+        ("\"refiner.head_count\" = 4", "head_count"),
+        ("\"fusion.sigma\" = 1000.0", "fusion.sigma = 1000"),
+    ] {
+        let p = write_ablation(
+            d.path(),
+            "name = \"x\"",
+            &format!("\n[[variant]]\nname = \"b\"\n\nset = {{ {set} }}\n"),
+        );
+        let text = std::fs::read_to_string(&p).unwrap();
+        let line = text.lines().position(|l| l.contains(set)).unwrap() + 1;
+        let e = format!(
+            "{:#}",
+            vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("ab.toml, line {line} (variant b)")) && e.contains(key),
+            "{e} (want line {line})"
+        );
+    }
     // In a plain experiment file: the key's own line, not the table's preceding blank line.
     let base = std::fs::read_to_string(d.path().join("base.toml")).unwrap();
     let bad = base.replacen("\nsigma = ", "\nsigmaa = 2.0\nsigma = ", 1);
     assert_ne!(bad, base, "the base file has a `sigma` line");
     let line = bad.lines().position(|l| l.starts_with("sigmaa")).unwrap() + 1;
-    let e = vcp_runner::config::ExperimentConfig::from_toml(&bad, std::path::Path::new("exp.toml"))
-        .unwrap_err();
+    let e = vcp_runner::config::ExperimentConfig::from_toml(
+        &reg(),
+        &bad,
+        std::path::Path::new("exp.toml"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains(&format!("(line {line})")) && e.contains("sigmaa"),
         "{e} (want line {line})"
@@ -303,13 +323,12 @@ fn unknown_keys_are_reported_at_their_own_line_in_the_users_file() {
 /// are built. Each case is one error naming the file and the offending name or key.
 #[test]
 fn colliding_names_bad_baselines_huge_grids_and_ignored_seeds_are_errors() {
-    registry();
     let d = tempfile::tempdir().unwrap();
     let err = |head: &str, tail: &str, sets: &[(String, toml::Value)], seeds: Option<&[u64]>| {
         let p = write_ablation(d.path(), head, tail);
         format!(
             "{:#}",
-            vcp_runner::experiment::load(&p, sets, seeds).unwrap_err()
+            vcp_runner::experiment::load(&reg(), &p, sets, seeds).unwrap_err()
         )
     };
     // `a/b` and `a_b` (and any two non-ASCII names of one length) slug to one folder.
@@ -402,14 +421,13 @@ fn colliding_names_bad_baselines_huge_grids_and_ignored_seeds_are_errors() {
 /// is broken TOML are errors naming the seed and the key.
 #[test]
 fn damaged_records_absent_variants_big_seeds_and_broken_set_values() {
-    registry();
     let d = tempfile::tempdir().unwrap();
     let p = write_ablation(
         d.path(),
         "name = \"x\"",
         "[[variant]]\nname = \"b\"\nset = { \"fusion.sigma\" = 2.0 }\n",
     );
-    let ab = vcp_runner::experiment::load(&p, &[], None).unwrap();
+    let ab = vcp_runner::experiment::load(&reg(), &p, &[], None).unwrap();
     let exp = d.path().join("res/x");
     let put = |dir: &str, r: &vcp_runner::record::Record| {
         let f = exp.join("runs").join(dir);
@@ -451,7 +469,7 @@ fn damaged_records_absent_variants_big_seeds_and_broken_set_values() {
     // Seeds are TOML integers (i64).
     let e = format!(
         "{:#}",
-        vcp_runner::experiment::load(&p, &[], Some(&[u64::MAX])).unwrap_err()
+        vcp_runner::experiment::load(&reg(), &p, &[], Some(&[u64::MAX])).unwrap_err()
     );
     assert!(
         e.contains("18446744073709551615") && e.contains("9223372036854775807"),
@@ -477,7 +495,6 @@ fn damaged_records_absent_variants_big_seeds_and_broken_set_values() {
 /// before it is opened.
 #[test]
 fn run_settings_are_bounded_at_load_time_and_special_files_refused() {
-    registry();
     let d = tempfile::tempdir().unwrap();
     let p = write_ablation(d.path(), "name = \"x\"", "");
     for (set, want) in [
@@ -499,7 +516,7 @@ fn run_settings_are_bounded_at_load_time_and_special_files_refused() {
         let s = vcp_runner::experiment::parse_set(set).unwrap();
         let e = format!(
             "{:#}",
-            vcp_runner::experiment::load(&p, &[s], None).unwrap_err()
+            vcp_runner::experiment::load(&reg(), &p, &[s], None).unwrap_err()
         );
         assert!(e.contains(want), "{set}: {e}");
     }
@@ -512,8 +529,13 @@ fn run_settings_are_bounded_at_load_time_and_special_files_refused() {
         .position(|l| l.contains("batch_size = 0"))
         .unwrap()
         + 1;
-    let e = vcp_runner::config::ExperimentConfig::from_toml(&bad, std::path::Path::new("exp.toml"))
-        .unwrap_err();
+    let e = vcp_runner::config::ExperimentConfig::from_toml(
+        &reg(),
+        &bad,
+        std::path::Path::new("exp.toml"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("batch_size = 0") && e.contains(&format!("(line {line})")),
         "{e} (want line {line})"
@@ -527,7 +549,7 @@ fn run_settings_are_bounded_at_load_time_and_special_files_refused() {
     for f in [fifo.as_path(), std::path::Path::new("/dev/zero")] {
         let e = format!(
             "{:#}",
-            vcp_runner::experiment::load(f, &[], None).unwrap_err()
+            vcp_runner::experiment::load(&reg(), f, &[], None).unwrap_err()
         );
         assert!(e.contains("not a regular file"), "{e}");
     }

@@ -9,7 +9,7 @@ fn model() -> vcp_model::VcpModel {
     let dev = Device::Cpu;
     let w = vcp_clip::ClipWeights::random(&vcp_clip::ClipConfig::tiny(), 0, &dev).unwrap();
     let cfg = vcp_model::presets::vcp_clip(vcp_model::presets::tiny(64), 4);
-    vcp_model::VcpModel::new(&cfg, &w, 0, &dev).unwrap()
+    vcp_model::VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &dev).unwrap()
 }
 
 fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -243,7 +243,8 @@ fn fuzz_checkpoints() {
     let dev = candle_core::Device::Cpu;
     let w = vcp_clip::ClipWeights::random(&vcp_clip::ClipConfig::tiny(), 0, &dev).unwrap();
     let cfg = vcp_model::presets::vcp_clip(vcp_model::presets::tiny(64), 4);
-    let model = vcp_model::VcpModel::new(&cfg, &w, 0, &dev).unwrap();
+    let model =
+        vcp_model::VcpModel::new(&vcp_model::standard_registry(), &cfg, &w, 0, &dev).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("seed.safetensors");
     vcp_model::checkpoint::save(&model, &p, &[]).unwrap();
@@ -300,7 +301,9 @@ fn fuzz_meta_json() {
 fn fuzz_experiment_toml() {
     let seed = read(root().join("experiments/vcp_clip_tiny.toml"));
     fuzz("experiment TOML", "case_exp.toml", seed, true, None, |p| {
-        vcp_runner::config::ExperimentConfig::load(p).map(|_| ())
+        vcp_runner::config::ExperimentConfig::load(&vcp_model::standard_registry(), p)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
 }
 

@@ -16,14 +16,12 @@ const DEFAULT_BASE: &str = include_str!("../../../experiments/vcp_clip_tiny.toml
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cores to use (compute threads); default all. Results do not depend on it.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::args::ThreadArgs,
     /// Ablation or experiment file; none = the embedded default (synthetic benchmark, tiny CLIP).
     experiment: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    dev: crate::args::DeviceArgs,
     /// Seeds, e.g. 0,1,2 (overrides the file's list).
     #[arg(long, value_delimiter = ',')]
     seeds: Option<Vec<u64>>,
@@ -36,10 +34,6 @@ pub struct Args {
     /// Recompute backbone features for every run (for measuring the cache).
     #[arg(long)]
     no_cache: bool,
-    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
-    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    dtype: Option<String>,
     /// Feature-cache size limit in MiB.
     #[arg(long, default_value_t = 4096)]
     cache_mib: usize,
@@ -151,8 +145,8 @@ fn request(a: &Args) -> Result<Request> {
         results: a.results.clone(),
         seeds: a.seeds.clone(),
         sets: a.sets.clone(),
-        dtype: a.dtype.clone(),
-        device: a.device.clone(),
+        dtype: a.dev.dtype.clone(),
+        device: a.dev.device.clone(),
         cache: launch::CacheOptions {
             no_cache: a.no_cache,
             cache_mib: a.cache_mib as u64,
@@ -220,7 +214,7 @@ fn print_status(runs: &[&experiment::RunSpec], results: &Path) {
 pub fn run(a: Args, reg: &Registry) -> Result<()> {
     let t = std::time::Instant::now();
     let req = request(&a)?;
-    let device = crate::common::device(a.device.as_deref())?;
+    let device = a.dev.device()?;
     let ab = req.load(reg, &device)?;
     let runs = req.select(&ab)?;
     if a.status {

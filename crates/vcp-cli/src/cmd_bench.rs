@@ -3,7 +3,6 @@
 //! `tools/bench_gpu.sh` collects into results/bench/gpu.md). Peak memory is measured outside
 //! (nvidia-smi on a GPU, peak RSS on the CPU, also printed here).
 
-use crate::common::device;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
@@ -13,9 +12,8 @@ use vcp_model::{presets, VcpModel};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cores to use (compute threads); default all. Results do not depend on it.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::args::ThreadArgs,
     /// CLIP preset with random weights (vit_l_14_336, vit_b_16, tiny, ...).
     #[arg(long, default_value = "vit_l_14_336")]
     preset: String,
@@ -24,10 +22,8 @@ pub struct Args {
     size: usize,
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "f16"])]
-    dtype: String,
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    dev: crate::args::DeviceArgs,
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 5)]
     iters: usize,
@@ -60,7 +56,7 @@ fn timed(dev: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resul
 }
 
 pub fn run(a: Args, reg: &Registry) -> Result<()> {
-    let dev = device(a.device.as_deref())?;
+    let dev = a.dev.device()?;
     vcp_clip::fused::set_enabled(!a.plain_kernels);
     if a.what.split(',').any(|w| w.trim() == "pretrain") {
         return pretrain_step(&a, &dev);
@@ -74,7 +70,8 @@ pub fn run(a: Args, reg: &Registry) -> Result<()> {
     bb.image_size = a.size;
     let d = cfg.vision.layers;
     bb.taps = (1..=4).map(|q| d * q / 4).collect();
-    bb.dtype = a.dtype.parse().map_err(anyhow::Error::msg)?;
+    let dtype = a.dev.dtype.as_deref().unwrap_or("f32");
+    bb.dtype = dtype.parse().map_err(anyhow::Error::msg)?;
     let w = ClipWeights::random(&cfg, 0, &dev)?;
     let mut mc = presets::vcp_clip(bb, cfg.text.layers);
     mc.deep_prompt.set("dropout", 0.0);
@@ -91,7 +88,7 @@ pub fn run(a: Args, reg: &Registry) -> Result<()> {
         outln!(
             "{}",
             serde_json::json!({
-                "what": what, "preset": a.preset, "size": s, "batch": b, "dtype": a.dtype,
+                "what": what, "preset": a.preset, "size": s, "batch": b, "dtype": dtype,
                 "device": format!("{:?}", dev), "iters": a.iters,
                 "ms_per_batch": (ms * 100.0).round() / 100.0,
                 "img_per_s": ((b as f64 / (ms / 1000.0)) * 100.0).round() / 100.0,
@@ -120,51 +117,65 @@ pub fn run(a: Args, reg: &Registry) -> Result<()> {
                 emit("infer", secs);
             }
             "train" => {
-                let vars: Vec<_> = model.params.vars().into_iter().map(|(_, v)| v).collect();
-                let mut opt = candle_nn::AdamW::new(
-                    vars.clone(),
-                    candle_nn::ParamsAdamW {
-                        lr: 4e-5,
-                        beta1: 0.5,
-                        beta2: 0.999,
-                        weight_decay: 0.0,
-                        ..Default::default()
-                    },
-                )?;
-                let chunk = a.loss_chunk.unwrap_or(b).max(1);
-                let mut step = || -> Result<f32> {
-                    let feats = model.encode_images(&px)?;
-                    let mut grads: Option<candle_core::backprop::GradStore> = None;
-                    let mut total = 0f32;
-                    for start in (0..b).step_by(chunk) {
-                        let idx: Vec<usize> = (start..(start + chunk).min(b)).collect();
-                        let ids = Tensor::from_vec(
-                            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-                            idx.len(),
-                            &dev,
-                        )?;
-                        let lg = model.logits(&feats.select(&idx)?, "object", true, false)?;
-                        let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
-                        let l = (l * (idx.len() as f64 / b as f64))?;
-                        total += l.to_scalar::<f32>()?;
-                        grads = Some(vcp_runner::train::accumulate(grads, l.backward()?, &vars)?);
-                    }
-                    opt.step(&grads.context("empty batch")?)?;
-                    Ok(total)
-                };
-                let secs = timed(&dev, a.iters, || {
-                    let l = step()?;
-                    if !l.is_finite() {
-                        bail!("training step gave loss {l}");
-                    }
-                    Ok(())
-                })?;
+                let secs = train_steps(&model, &px, &gt, a.loss_chunk, a.iters, &dev)?;
                 emit("train", secs);
             }
             other => bail!("--what `{other}`: expected backbone, infer or train"),
         }
     }
     Ok(())
+}
+
+/// Seconds for `iters` VCP-CLIP training steps on one batch (after one warm-up): features,
+/// the loss in chunks of `loss_chunk` images with gradients summed, one AdamW update.
+fn train_steps(
+    model: &VcpModel,
+    px: &Tensor,
+    gt: &Tensor,
+    loss_chunk: Option<usize>,
+    iters: usize,
+    dev: &Device,
+) -> Result<f64> {
+    let b = px.dim(0)?;
+    let vars: Vec<_> = model.params.vars().into_iter().map(|(_, v)| v).collect();
+    let mut opt = candle_nn::AdamW::new(
+        vars.clone(),
+        candle_nn::ParamsAdamW {
+            lr: 4e-5,
+            beta1: 0.5,
+            beta2: 0.999,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let chunk = loss_chunk.unwrap_or(b).max(1);
+    let mut step = || -> Result<f32> {
+        let feats = model.encode_images(px)?;
+        let mut grads: Option<candle_core::backprop::GradStore> = None;
+        let mut total = 0f32;
+        for start in (0..b).step_by(chunk) {
+            let idx: Vec<usize> = (start..(start + chunk).min(b)).collect();
+            let ids = Tensor::from_vec(
+                idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                idx.len(),
+                dev,
+            )?;
+            let lg = model.logits(&feats.select(&idx)?, "object", true, false)?;
+            let (l, _) = model.loss(&lg, &gt.index_select(&ids, 0)?)?;
+            let l = (l * (idx.len() as f64 / b as f64))?;
+            total += l.to_scalar::<f32>()?;
+            grads = Some(vcp_runner::train::accumulate(grads, l.backward()?, &vars)?);
+        }
+        opt.step(&grads.context("empty batch")?)?;
+        Ok(total)
+    };
+    timed(dev, iters, || {
+        let l = step()?;
+        if !l.is_finite() {
+            bail!("training step gave loss {l}");
+        }
+        Ok(())
+    })
 }
 
 /// `--what pretrain`: seconds per pretraining step of a recipe (batches of its own corpus, made

@@ -4,8 +4,9 @@
 //! the exact metrics — exercising weights, preprocessing, both towers, the tokenizer and metrics.
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use std::path::PathBuf;
+use vcp_clip::block::l2norm;
 use vcp_clip::{Clip, ClipConfig, ClipOptions, ClipWeights};
 use vcp_metrics::{evaluate_category, mean_over_categories, MapRef};
 
@@ -44,6 +45,39 @@ fn synth(i: usize, size: usize) -> (Vec<u8>, Vec<bool>) {
     (rgb, mask)
 }
 
+/// Zero-shot maps, `[S * S]` per image: patch tokens of each tap through ln_post + proj, cosine
+/// with the two prompts (`text`, `[2, D]`, unit rows), softmax, mean over taps, nearest
+/// upsampling of the patch grid to pixels.
+fn zero_shot_maps(
+    clip: &Clip,
+    pixels: &Tensor,
+    text: &Tensor,
+    taps: &[usize],
+) -> Result<Vec<Vec<f32>>> {
+    let (b, size) = (pixels.dim(0)?, pixels.dim(2)?);
+    let out = clip.vision.forward(pixels, taps)?;
+    let g = out.grid;
+    let mut acc: Option<Tensor> = None;
+    for (_, t) in &out.layers {
+        let p = l2norm(&clip.vision.post_project(&t.narrow(1, 1, g * g)?)?)?; // [B, g*g, D]
+        let logits = (p.broadcast_matmul(&text.t()?)? * 100.0)?; // [B, g*g, 2]
+        let prob = candle_nn::ops::softmax_last_dim(&logits)?
+            .narrow(2, 1, 1)?
+            .squeeze(2)?;
+        acc = Some(match acc {
+            Some(a) => (a + prob)?,
+            None => prob,
+        });
+    }
+    let maps = (acc.unwrap() / taps.len() as f64)?.reshape((b, g, g))?;
+    let maps = maps
+        .unsqueeze(1)?
+        .upsample_nearest2d(size, size)?
+        .squeeze(1)?
+        .to_vec3::<f32>()?;
+    Ok(maps.into_iter().map(|m| m.concat()).collect())
+}
+
 pub fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let dev = Device::Cpu;
@@ -61,10 +95,11 @@ pub fn run(a: Args) -> Result<()> {
         .map(|p| tok.tokenize(p, 77, false))
         .collect::<Result<Vec<_>, _>>()?
         .concat();
-    let text = clip
-        .text
-        .forward_ids(&Tensor::from_vec(ids, (2, 77), &dev)?)?; // [2, D]
-    let text = text.broadcast_div(&text.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
+    let text = l2norm(
+        &clip
+            .text
+            .forward_ids(&Tensor::from_vec(ids, (2, 77), &dev)?)?,
+    )?; // [2, D]
 
     let (imgs, masks): (Vec<_>, Vec<_>) = (0..a.images).map(|i| synth(i, size)).unzip();
     let pixels: Vec<Tensor> = imgs
@@ -73,30 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         .collect::<Result<_, _>>()?;
     let pixels = Tensor::stack(&pixels, 0)?;
     let taps = [3, 6, 9, 12];
-    let out = clip.vision.forward(&pixels, &taps)?;
-    let g = out.grid;
-    // Zero-shot map: patch tokens through ln_post + proj, cosine with the prompts, softmax, mean over taps.
-    let mut acc: Option<Tensor> = None;
-    for (_, t) in &out.layers {
-        let p = clip.vision.post_project(&t.narrow(1, 1, g * g)?)?; // [B, g*g, D]
-        let p = p.broadcast_div(&p.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)?;
-        let logits = (p.broadcast_matmul(&text.t()?)? * 100.0)?; // [B, g*g, 2]
-        let prob = candle_nn::ops::softmax_last_dim(&logits)?
-            .narrow(2, 1, 1)?
-            .squeeze(2)?;
-        acc = Some(match acc {
-            Some(a) => (a + prob)?,
-            None => prob,
-        });
-    }
-    let maps = (acc.unwrap() / taps.len() as f64)?.reshape((a.images, g, g))?;
-    // Nearest upsampling of the patch grid to pixels for scoring.
-    let maps = maps
-        .unsqueeze(1)?
-        .upsample_nearest2d(size, size)?
-        .squeeze(1)?
-        .to_vec3::<f32>()?;
-    let flat: Vec<Vec<f32>> = maps.into_iter().map(|m| m.concat()).collect();
+    let flat = zero_shot_maps(&clip, &pixels, &text, &taps)?;
     let refs: Vec<MapRef> = flat
         .iter()
         .zip(&masks)

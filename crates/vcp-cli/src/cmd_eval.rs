@@ -1,7 +1,7 @@
 //! `vcp eval --config X.toml --checkpoint CKPT [--data META] [--save-maps DIR] [--out DIR]`:
 //! the model on a dataset's test split, scored exactly like `vcp eval-maps`.
 
-use crate::common::{build_model, device, resolve_data};
+use crate::common::{build_model, resolve_data};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use indicatif::ProgressBar;
@@ -26,12 +26,8 @@ pub struct Args {
     /// Output folder for metrics.{json,csv,md} (default: next to the checkpoint).
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long)]
-    device: Option<String>,
-    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
-    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    dev: crate::args::DeviceArgs,
 }
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
@@ -40,10 +36,8 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 
 pub fn run(a: Args, reg: &Registry) -> Result<()> {
     let mut exp = crate::common::load_experiment(reg, &a.config)?;
-    if let Some(d) = &a.dtype {
-        exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
-    }
-    let dev = device(a.device.as_deref())?;
+    a.dev.apply_dtype(&mut exp)?;
+    let dev = a.dev.device()?;
     let model = build_model(reg, &exp, &dev)?;
     if let Some(c) = &a.checkpoint {
         vcp_model::checkpoint::load_into(&model, c)?;

@@ -5,7 +5,6 @@
 //! (resized bilinearly to the map when sizes differ, then `> 0.5`).
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -242,6 +241,22 @@ pub fn write_outputs(
     Ok(md)
 }
 
+/// The metrics of one category's loaded maps.
+fn evaluate_loaded(ok: &[Loaded]) -> Result<vcp_metrics::CategoryReport> {
+    let maps: Vec<MapRef> = ok
+        .iter()
+        .map(|l| MapRef {
+            scores: &l.scores,
+            mask: &l.mask,
+            height: l.height,
+            width: l.width,
+        })
+        .collect();
+    let labels: Vec<bool> = ok.iter().map(|l| l.label).collect();
+    let scores: Vec<f32> = ok.iter().map(|l| l.image_score).collect();
+    Ok(evaluate_category(&maps, &labels, &scores)?)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let meta = Meta::load(&a.meta)?;
     let out = a.out.clone().unwrap_or_else(|| a.maps.clone());
@@ -260,13 +275,7 @@ pub fn run(a: Args) -> Result<()> {
     if meta.test.is_empty() {
         bail!("{}: the `test` split has no records", a.meta.display());
     }
-    let bar = ProgressBar::new(meta.test.len() as u64).with_style(
-        ProgressStyle::with_template(
-            "{prefix:>12} [{bar:30}] {pos}/{len} maps {elapsed_precise} eta {eta}",
-        )
-        .unwrap()
-        .progress_chars("=> "),
-    );
+    let bar = vcp_runner::bar(meta.test.len() as u64, "maps");
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut skipped = Vec::new();
@@ -298,19 +307,7 @@ pub fn run(a: Args) -> Result<()> {
             notes.push(format!("{cls}: no usable maps; left out"));
             continue;
         }
-        let maps: Vec<MapRef> = ok
-            .iter()
-            .map(|l| MapRef {
-                scores: &l.scores,
-                mask: &l.mask,
-                height: l.height,
-                width: l.width,
-            })
-            .collect();
-        let labels: Vec<bool> = ok.iter().map(|l| l.label).collect();
-        let scores: Vec<f32> = ok.iter().map(|l| l.image_score).collect();
-        let report = evaluate_category(&maps, &labels, &scores)
-            .with_context(|| format!("category {cls}"))?;
+        let report = evaluate_loaded(&ok).with_context(|| format!("category {cls}"))?;
         for w in &report.warnings {
             bar.suspend(|| eprintln!("warning: {cls}: {w}"));
             notes.push(format!("{cls}: {w}"));

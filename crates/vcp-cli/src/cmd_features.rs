@@ -1,18 +1,17 @@
 //! `vcp features` and `vcp text-embed`: what the backbone computes, written to safetensors for
 //! inspection and for comparison with other implementations.
 
-use crate::util::{load_clip, parse_layers, save_safetensors};
+use crate::util::{parse_layers, save_safetensors};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use vcp_clip::{Activation, Clip, ClipOptions};
+use vcp_clip::{Clip, ClipOptions};
 
 #[derive(clap::Args)]
 pub struct FeaturesArgs {
-    /// Hugging Face CLIP directory or OpenAI-format weight file (.safetensors/.pt/.pth).
-    #[arg(long)]
-    clip: String,
+    #[command(flatten)]
+    clip: crate::args::ClipArgs,
     /// Input image (png, jpg, bmp, tif).
     #[arg(long)]
     image: PathBuf,
@@ -22,13 +21,11 @@ pub struct FeaturesArgs {
     /// Blocks whose output to write (1-based); default: every quarter of the depth.
     #[arg(long)]
     layers: Option<String>,
-    /// Override the checkpoint's MLP activation.
-    #[arg(long, value_parser = ["gelu", "quick_gelu"])]
-    activation: Option<String>,
     /// Output .safetensors.
     #[arg(long)]
     out: PathBuf,
-    /// Device: cpu, cuda, cuda:N or auto.
+    /// Device: cpu, cuda, cuda:N or auto. Default cpu (not auto, unlike the model commands):
+    /// the features are compared with other implementations' CPU numbers.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Compute dtype of the towers: f32, bf16 or f16 (LayerNorm and softmax stay f32; the
@@ -42,10 +39,8 @@ pub struct FeaturesArgs {
 
 #[derive(clap::Args)]
 pub struct TextArgs {
-    #[arg(long)]
-    clip: String,
-    #[arg(long, value_parser = ["gelu", "quick_gelu"])]
-    activation: Option<String>,
+    #[command(flatten)]
+    clip: crate::args::ClipArgs,
     #[arg(long)]
     out: PathBuf,
     /// Texts to embed.
@@ -53,18 +48,11 @@ pub struct TextArgs {
     text: Vec<String>,
 }
 
-fn activation(s: &Option<String>) -> Result<Option<Activation>> {
-    s.as_deref()
-        .map(|a| a.parse::<Activation>())
-        .transpose()
-        .map_err(Into::into)
-}
-
 pub fn run_features(a: FeaturesArgs) -> Result<()> {
     // Refuse a bad output path before the work, not after it.
     vcp_data::io::check_target(&a.out)?;
     let dev = crate::common::device(Some(&a.device))?;
-    let w = load_clip(&a.clip, &dev)?;
+    let w = a.clip.weights(&dev)?;
     let depth = w.config.vision.layers;
     let layers = match &a.layers {
         Some(s) => parse_layers(s)?,
@@ -73,7 +61,7 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
     let size = a.size.unwrap_or(w.config.vision.image_size);
     let opts = ClipOptions {
         image_size: Some(size),
-        activation: activation(&a.activation)?,
+        activation: a.clip.activation()?,
         extra_tokens: 1,
         dtype: crate::common::dtype(&a.dtype)?,
         ..Default::default()
@@ -115,11 +103,11 @@ pub fn run_features(a: FeaturesArgs) -> Result<()> {
 pub fn run_text(a: TextArgs) -> Result<()> {
     vcp_data::io::check_target(&a.out)?;
     let dev = Device::Cpu;
-    let w = load_clip(&a.clip, &dev)?;
+    let w = a.clip.weights(&dev)?;
     let clip = Clip::new(
         &w,
         &ClipOptions {
-            activation: activation(&a.activation)?,
+            activation: a.clip.activation()?,
             ..Default::default()
         },
     )?;

@@ -5,9 +5,10 @@
 //! `<stem>.npy` (blended, smoothed map at S x S, before any normalisation across images),
 //! `<stem>_overlay.png` (image | heat-map overlay | thresholded map), and one `scores.json`.
 
-use crate::common::{backbone_weights, device};
+use crate::common::backbone_weights;
 use crate::util::parse_layers;
 use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use vcp_model::config::Normalize;
@@ -15,6 +16,7 @@ use vcp_model::fusion::finalize;
 use vcp_model::Registry;
 use vcp_model::{presets, VcpModel};
 use vcp_runner::config::ExperimentConfig;
+use vcp_runner::visual::Panel;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,12 +42,8 @@ pub struct Args {
     /// Threshold of the binary map in the overlay (maps are probabilities).
     #[arg(long, default_value_t = 0.5)]
     threshold: f32,
-    #[arg(long)]
-    device: Option<String>,
-    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
-    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    dev: crate::args::DeviceArgs,
     /// Few-shot: a folder of normal images of the same object (all are used as references).
     #[arg(long)]
     refs: Option<PathBuf>,
@@ -143,49 +141,9 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// image | overlay | thresholded map, each S x S.
-pub fn overlay_png(
-    rgb: &[u8],
-    map: &[f32],
-    size: usize,
-    threshold: f32,
-    path: &Path,
-) -> Result<()> {
-    let (lo, hi) = map
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let w = 3 * size;
-    let mut out = vec![0u8; w * size * 3];
-    for y in 0..size {
-        for x in 0..size {
-            let i = y * size + x;
-            let px = &rgb[i * 3..i * 3 + 3];
-            let n = if hi > lo {
-                (map[i] - lo) / (hi - lo)
-            } else {
-                0.0
-            };
-            let c = vcp_runner::plots::jet(n);
-            let b = if map[i] > threshold { 255 } else { 0 };
-            for k in 0..3 {
-                out[(y * w + x) * 3 + k] = px[k];
-                out[(y * w + size + x) * 3 + k] = ((px[k] as f32) * 0.5 + c[k] as f32 * 0.5) as u8;
-                out[(y * w + 2 * size + x) * 3 + k] = b;
-            }
-        }
-    }
-    let png =
-        vcp_data::io::encode_png(&out, w as u32, size as u32, image::ExtendedColorType::Rgb8)?;
-    vcp_data::io::write_atomic(path, &png)?;
-    Ok(())
-}
-
-pub fn run(a: Args, reg: &Registry) -> Result<()> {
-    // The output folder is checked before anything is loaded or computed.
-    vcp_data::io::prepare_out_dir(&a.out, &["scores.json"])?;
-    let mut exp = experiment(&a, reg)?;
+/// The command line's model overrides on top of the experiment; returns the few-shot reference
+/// images (`--refs`), if any.
+fn apply_overrides(a: &Args, exp: &mut ExperimentConfig) -> Result<Vec<PathBuf>> {
     if let Some(c) = &a.clip {
         exp.model.backbone.weights = c.clone();
     }
@@ -199,11 +157,9 @@ pub fn run(a: Args, reg: &Registry) -> Result<()> {
         exp.model.backbone.activation = Some(act.parse()?);
     }
     // Per-image maps "before any normalisation across images".
-    if let Some(d) = &a.dtype {
-        exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
-    }
+    a.dev.apply_dtype(exp)?;
     exp.model.fusion.normalize = Normalize::None;
-    let ref_paths = match &a.refs {
+    match &a.refs {
         Some(d) => {
             // k = 1 marks few-shot on; the references are all images of the folder.
             exp.model.fewshot = Some(
@@ -212,91 +168,125 @@ pub fn run(a: Args, reg: &Registry) -> Result<()> {
                     .with("memory_bank", a.memory_bank)
                     .with("normal_prompt", a.normal_prompt),
             );
-            images_in(d)?
+            images_in(d)
         }
-        None => vec![],
-    };
+        None => Ok(vec![]),
+    }
+}
+
+/// Every image decoded and resized to `size` (bicubic, as PIL), `[S, S, 3]` bytes each.
+fn decode(paths: &[PathBuf], size: usize) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+    paths
+        .iter()
+        .map(|p| {
+            let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
+            Ok((
+                p.clone(),
+                vcp_data::resample::resize_u8_pil(
+                    &rgb,
+                    3,
+                    (ih, iw),
+                    (size, size),
+                    vcp_data::resample::Filter::Bicubic,
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// `[1, 3, S, S]` normalised pixels of one decoded image.
+fn pixels(rgb: &[u8], size: usize, dev: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(
+        vcp_data::dataset::normalize_rgb(rgb, size),
+        (1, 3, size, size),
+        dev,
+    )?)
+}
+
+/// The few-shot references of the decoded `refs` images.
+fn references(
+    model: &VcpModel,
+    refs: &[(PathBuf, Vec<u8>)],
+    size: usize,
+    dev: &Device,
+) -> Result<vcp_model::model::References> {
+    let feats = refs
+        .iter()
+        .map(|(_, rgb)| Ok(model.encode_images(&pixels(rgb, size, dev)?)?))
+        .collect::<Result<Vec<_>>>()?;
+    let names = refs.iter().map(|(p, _)| p.display().to_string()).collect();
+    Ok(model.references(&vcp_model::Features::cat(&feats)?, names)?)
+}
+
+/// One image's final map and image score (few-shot references and memory bank when given).
+fn predict_one(
+    model: &VcpModel,
+    exp: &ExperimentConfig,
+    x: &Tensor,
+    refs: Option<&vcp_model::model::References>,
+    memory_bank: f64,
+) -> Result<(Vec<f32>, f32)> {
+    let size = exp.model.backbone.image_size;
+    let feats = model.encode_images(x)?;
+    let lg = model.logits_with(&feats, "object", false, false, refs)?;
+    let mut maps = model.image_maps(&lg, size)?;
+    if let Some(r) = refs.filter(|_| memory_bank > 0.0) {
+        let bank = r.memory_bank_maps(&feats, size, exp.model.fusion.upsample)?;
+        maps[0].fewshot = Some((memory_bank as f32, bank.flatten_all()?.to_vec1::<f32>()?));
+    }
+    let mut fin = finalize(&maps, &exp.model.fusion);
+    Ok((fin.maps.swap_remove(0), fin.scores_unnormalized[0]))
+}
+
+pub fn run(a: Args, reg: &Registry) -> Result<()> {
+    // The output folder is checked before anything is loaded or computed.
+    vcp_data::io::prepare_out_dir(&a.out, &["scores.json"])?;
+    let mut exp = experiment(&a, reg)?;
+    let ref_paths = apply_overrides(&a, &mut exp)?;
     let images = list_images(&a)?;
-    let dev = device(a.device.as_deref())?;
+    let dev = a.dev.device()?;
     let w = backbone_weights(&exp.model.backbone, &dev)?;
     let model = VcpModel::new(reg, &exp.model, &w, exp.seed, &dev)
-        .map_err(|e| anyhow::anyhow!("model config: {}", crate::util::first(&e)))?;
+        .map_err(|e| anyhow::anyhow!("model config: {}", vcp_clip::error::first_line(&e)))?;
     vcp_model::checkpoint::load_into(&model, &a.checkpoint)?;
     let size = exp.model.backbone.image_size;
     // Decode everything first: an unreadable image must not leave a partial result folder.
-    let decode = |paths: &[PathBuf]| -> Result<Vec<(PathBuf, Vec<u8>)>> {
-        paths
-            .iter()
-            .map(|p| {
-                let (rgb, iw, ih) = vcp_data::dataset::load_rgb(p)?;
-                Ok((
-                    p.clone(),
-                    vcp_data::resample::resize_u8_pil(
-                        &rgb,
-                        3,
-                        (ih, iw),
-                        (size, size),
-                        vcp_data::resample::Filter::Bicubic,
-                    ),
-                ))
-            })
-            .collect()
-    };
-    let decoded = decode(&images)?;
+    let decoded = decode(&images, size)?;
     let refs = if ref_paths.is_empty() {
         None
     } else {
-        let mut feats = Vec::new();
-        for (_, rgb) in decode(&ref_paths)? {
-            let x = candle_core::Tensor::from_vec(
-                vcp_data::dataset::normalize_rgb(&rgb, size),
-                (1, 3, size, size),
-                &dev,
-            )?;
-            feats.push(model.encode_images(&x)?);
-        }
+        let r = references(&model, &decode(&ref_paths, size)?, size, &dev)?;
         eprintln!(
             "few-shot: {} reference image(s) from {}",
             ref_paths.len(),
-            a.refs.as_ref().unwrap().display()
+            a.refs
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
         );
-        let names = ref_paths.iter().map(|p| p.display().to_string()).collect();
-        Some(model.references(&vcp_model::Features::cat(&feats)?, names)?)
+        Some(r)
     };
     let pb = crate::cmd_eval::bar(images.len() as u64, "images");
     let mut scores = BTreeMap::new();
     for (p, rgb) in &decoded {
-        let x = candle_core::Tensor::from_vec(
-            vcp_data::dataset::normalize_rgb(rgb, size),
-            (1, 3, size, size),
-            &dev,
-        )?;
-        let feats = model.encode_images(&x)?;
-        let lg = model.logits_with(&feats, "object", false, false, refs.as_ref())?;
-        let mut maps = model.image_maps(&lg, size)?;
-        if let Some(r) = refs.as_ref().filter(|_| a.memory_bank > 0.0) {
-            let bank = r.memory_bank_maps(&feats, size, exp.model.fusion.upsample)?;
-            maps[0].fewshot = Some((a.memory_bank as f32, bank.flatten_all()?.to_vec1::<f32>()?));
-        }
-        let fin = finalize(&maps, &exp.model.fusion);
+        let x = pixels(rgb, size, &dev)?;
+        let (map, score) = predict_one(&model, &exp, &x, refs.as_ref(), a.memory_bank)?;
         let stem = p.file_stem().unwrap().to_string_lossy().to_string();
         let arr = vcp_data::npy::Array2 {
             height: size,
             width: size,
-            data: fin.maps[0].clone(),
+            data: map,
         };
         vcp_data::npy::write_f32_2d(&a.out.join(format!("{stem}.npy")), &arr)?;
-        overlay_png(
-            rgb,
-            &fin.maps[0],
-            size,
-            a.threshold,
-            &a.out.join(format!("{stem}_overlay.png")),
-        )?;
-        scores.insert(
-            stem,
-            serde_json::json!({"score": fin.scores_unnormalized[0]}),
-        );
+        // image | overlay | thresholded map, each S x S.
+        let panels = [
+            Panel::Image,
+            Panel::Heat { outline: None },
+            Panel::Threshold(a.threshold),
+        ];
+        let img = vcp_runner::visual::overlay(rgb, &arr.data, size, &panels);
+        vcp_runner::visual::write_png(&a.out.join(format!("{stem}_overlay.png")), &img, None)?;
+        scores.insert(stem, serde_json::json!({ "score": score }));
         pb.inc(1);
     }
     pb.finish_and_clear();

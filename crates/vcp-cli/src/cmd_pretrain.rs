@@ -6,9 +6,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cores to use (compute threads); default all. Results do not depend on it.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::args::ThreadArgs,
     /// The pretraining recipe (TOML: name, [model], [corpus], [train], [eval]).
     #[arg(long)]
     config: PathBuf,
@@ -19,7 +18,8 @@ pub struct Args {
     /// Continue from OUT/checkpoint (same architecture; the batches continue where they stopped).
     #[arg(long)]
     resume: bool,
-    /// cpu, cuda, cuda:N or auto.
+    /// cpu, cuda, cuda:N or auto. Default cpu (not auto, unlike the model commands): the
+    /// committed weights were pretrained on a CPU and a rerun reproduces them there.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Override train.steps (e.g. a short trial of the recipe).

@@ -1,16 +1,15 @@
 //! `vcp train --config experiments/X.toml [--out DIR] [--resume]` (reference train.py); the loop
 //! itself lives in `vcp_runner::train`, shared with `vcp ablate`.
 
-use crate::common::{build_model, device};
+use crate::common::build_model;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use vcp_model::Registry;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cores to use (compute threads); default all. Results do not depend on it.
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: crate::args::ThreadArgs,
     #[arg(long)]
     config: PathBuf,
     /// Output folder (default: results/train/<name>).
@@ -22,19 +21,13 @@ pub struct Args {
     /// Override `[train] epochs`.
     #[arg(long)]
     epochs: Option<usize>,
-    #[arg(long)]
-    device: Option<String>,
-    /// Compute dtype of the frozen CLIP towers: f32, bf16 or f16 (mixed precision: LayerNorm,
-    /// softmax, heads and losses stay f32). Overrides `backbone.dtype`.
-    #[arg(long, value_parser = ["f32", "bf16", "f16"])]
-    dtype: Option<String>,
+    #[command(flatten)]
+    dev: crate::args::DeviceArgs,
 }
 
 pub fn run(a: Args, reg: &Registry) -> Result<()> {
     let mut exp = crate::common::load_experiment(reg, &a.config)?;
-    if let Some(d) = &a.dtype {
-        exp.model.backbone.dtype = d.parse().map_err(anyhow::Error::msg)?;
-    }
+    a.dev.apply_dtype(&mut exp)?;
     let mut tc = exp
         .train
         .clone()
@@ -42,7 +35,7 @@ pub fn run(a: Args, reg: &Registry) -> Result<()> {
     if let Some(e) = a.epochs {
         tc.epochs = e;
     }
-    let dev = device(a.device.as_deref())?;
+    let dev = a.dev.device()?;
     let model = build_model(reg, &exp, &dev)?;
     let (meta, _, root) = vcp_runner::data::resolve(&tc.data, tc.root.as_deref(), &exp.synth)?;
     let val = tc

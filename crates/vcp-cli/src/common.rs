@@ -39,7 +39,7 @@ pub fn device(name: Option<&str>) -> Result<Device> {
             Device::new_cuda(i).map_err(|e| {
                 anyhow::anyhow!(
                     "--device {s}: {} (build with --features cuda)",
-                    crate::util::first(&e)
+                    vcp_clip::error::first_line(&e)
                 )
             })
         }

@@ -8,6 +8,7 @@ macro_rules! outln {
     };
 }
 
+mod args;
 mod cmd_ablate;
 mod cmd_bench;
 mod cmd_data;
@@ -81,10 +82,10 @@ fn main() -> ExitCode {
     // Built once, here, and handed to every command that reads a model configuration.
     let reg = components::registry();
     let threads = match &cli.command {
-        Command::Bench(a) => a.threads,
-        Command::Train(a) => a.threads,
-        Command::Ablate(a) => a.threads,
-        Command::PretrainClip(a) => a.threads,
+        Command::Bench(a) => a.threads.threads,
+        Command::Train(a) => a.threads.threads,
+        Command::Ablate(a) => a.threads.threads,
+        Command::PretrainClip(a) => a.threads.threads,
         _ => None,
     };
     if let Err(e) = common::set_threads(threads) {

@@ -45,22 +45,9 @@ pub fn parse_layers(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// Write tensors to safetensors atomically (temporary name, then rename).
+/// Write tensors to safetensors atomically (the shared writer: temporary name, then rename;
+/// never over a link or special file).
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    // Serialised in memory, then one atomic write (never over a link or special file).
-    let bytes = safetensors_bytes(tensors)?;
-    vcp_data::io::write_atomic(path, &bytes)?;
+    vcp_data::io::write_atomic_with(path, |tmp| candle_core::safetensors::save(tensors, tmp))?;
     Ok(())
-}
-
-fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
-    let dir = tempfile::tempdir()?;
-    let p = dir.path().join("t.safetensors");
-    candle_core::safetensors::save(tensors, &p)?;
-    Ok(std::fs::read(&p)?)
-}
-
-/// First line of an error's message (candle errors may carry a backtrace).
-pub fn first(e: &dyn std::fmt::Display) -> String {
-    e.to_string().lines().next().unwrap_or("").to_string()
 }

@@ -22,6 +22,8 @@ fn obj(size: u64, depth: u32) -> Item {
     Item::Obj { size, depth }
 }
 
+// Long because it is one interpreter loop over pickle opcodes (one match arm each) sharing the
+// stack and the budget; split, each arm would need all of them.
 /// Check `pkl` (the bytes of `data.pkl`); the error says what is wrong in one line.
 pub fn check(pkl: &[u8]) -> Result<(), String> {
     let budget: u64 = 64 * pkl.len() as u64 + (1 << 20);

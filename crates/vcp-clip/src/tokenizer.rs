@@ -353,6 +353,7 @@ fn fix_mojibake(text: &str) -> String {
     out
 }
 
+// Long because it is a table of HTML entities (the reference's ftfy/html step).
 /// Python's `html.unescape` for numeric references and the common named entities.
 pub fn html_unescape(text: &str) -> String {
     if !text.contains('&') {

@@ -226,6 +226,8 @@ fn render_scene(size: usize, rng: &mut Rng) -> Scene {
     }
 }
 
+// Long because it is a table: one texture recipe per kind; the order of the random draws fixes the
+// corpus.
 fn render_texture(kind: &str, base: [f32; 3], size: usize, rng: &mut Rng) -> Canvas {
     let s = size as f32;
     let noise = value_noise(rng, size, 8);
@@ -325,6 +327,7 @@ fn render_texture(kind: &str, base: [f32; 3], size: usize, rng: &mut Rng) -> Can
     c
 }
 
+// Long because it is a table: one colour recipe per object kind, read top to bottom.
 /// Objects: a silhouette in pose-normalised coordinates `(u, v)` (object-centred, rotated,
 /// divided by the object's scale) and inner details; returns the colour inside or `None`.
 fn object_colour(kind: &str, u: f32, v: f32, base: [f32; 3]) -> Option<[f32; 3]> {

@@ -113,9 +113,9 @@ pub fn write_atomic_with<E: std::fmt::Display>(
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let _ = tmp
-            .as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644));
+        // By path: a writer may have replaced the temporary file's inode. Temporary files
+        // are created 0600; what is persisted is an ordinary 0644 file.
+        let _ = std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644));
     }
     tmp.persist(path)
         .map_err(|e| DataError::file(path, e.error))?;

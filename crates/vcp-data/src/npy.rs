@@ -19,6 +19,7 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest)
 }
 
+// Long because it is a flat sequence of header checks, each with its own error naming the file.
 /// Read a 2-D `.npy` of float32 or float64 (converted to f32).
 pub fn read_f32_2d(path: &Path) -> Result<Array2> {
     // A map is at most 16384^2 f32 plus its header; FIFOs and devices are refused.

@@ -129,6 +129,8 @@ pub(crate) fn jitter(rng: &mut Rng, c: [f32; 3], amount: f32) -> [f32; 3] {
     c.map(|v| (v + rng.range(-amount, amount)).clamp(0.0, 1.0))
 }
 
+// Long because it is one procedural drawing recipe per object kind (one match arm each); the arms
+// share the canvas and the random draws, whose order fixes the benchmark.
 /// Render a normal sample of a category. Returns the canvas and the object's support (pixels
 /// where object defects may go; all pixels for textures).
 pub fn render_normal(category: &str, size: usize, rng: &mut Rng) -> (Canvas, Vec<bool>) {
@@ -317,6 +319,8 @@ pub(crate) fn defect_centre(size: usize, support: &[bool], rng: &mut Rng) -> (f3
     (size as f32 / 2.0, size as f32 / 2.0)
 }
 
+// Long because it is one drawing recipe per defect type (one match arm each); the order of the
+// random draws fixes the benchmark, so the arms stay in one place.
 /// Draw one defect of `kind`; changes pixels of `c` only. `boost` scales the defect's size
 /// (1 for the benchmark; the caption corpus draws larger defects on its smaller images).
 pub(crate) fn draw_defect(c: &mut Canvas, support: &[bool], kind: &str, boost: f32, rng: &mut Rng) {

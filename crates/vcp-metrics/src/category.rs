@@ -131,6 +131,9 @@ fn validate(maps: &[MapRef]) -> Result<(), MetricsError> {
     })
 }
 
+// Long because every pixel metric comes from one pass over the category's pixels (region labels,
+// histograms, one sweep) whose intermediates they share; the crate's speed comes from not repeating
+// it.
 /// Pixel-level metrics of one category.
 pub fn pixel_metrics(maps: &[MapRef]) -> Result<CategoryReport, MetricsError> {
     validate(maps)?;

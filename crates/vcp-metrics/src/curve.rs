@@ -38,6 +38,8 @@ pub fn sort_desc(items: &mut [Scored]) {
     items.reverse();
 }
 
+// Long because ROC, PR and PRO are accumulated in one pass over the sorted scores (tie groups
+// handled once for all three).
 /// Sweep over `items` sorted by descending score. `region_weight[payload]` is `1 / region size`
 /// for the PRO curve (index 0 unused); pass an empty slice to skip PRO.
 pub fn sweep(items: &[Scored], region_weight: &[f64], n_regions: usize) -> SweepResult {

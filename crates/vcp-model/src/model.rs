@@ -14,7 +14,7 @@ use vcp_core::{
     Registry, TextCtx, TextPrompt,
 };
 pub use vcp_core::{Features, Trace};
-use vcp_fewshot::References;
+pub use vcp_fewshot::References;
 
 /// Images per frozen-tower forward in [`VcpModel::encode_images`].
 pub const ENCODE_CHUNK: usize = 8;
@@ -257,6 +257,8 @@ impl VcpModel {
         self.logits_with(f, class, train, want_trace, None)
     }
 
+    // Long because it follows the reference forward step by step (category tokens, DTP text,
+    // refiner, both branches per tapped layer), with the trace recorded in place.
     /// [`Self::logits`] with few-shot references (reference-conditioned normal prompt).
     pub fn logits_with(
         &self,

@@ -227,6 +227,8 @@ impl PretrainConfig {
         Self::from_toml(&text, path)
     }
 
+    // Long because it is a flat list of independent checks, one per recipe key, in the file's
+    // order.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.model
             .validate()

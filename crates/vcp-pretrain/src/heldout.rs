@@ -85,6 +85,8 @@ fn argmax_rows(m: &[Vec<f32>]) -> Vec<usize> {
         .collect()
 }
 
+// Long because the held-out metrics (retrieval both ways, kind accuracy, state AUROC, dense pixel
+// AUROC) share the image and text embeddings computed once at its top.
 /// `held`: the kinds reported as held out (the objective's `heldout_kinds`; by default
 /// [`heldout_kinds`]).
 pub fn evaluate(

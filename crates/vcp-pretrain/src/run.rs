@@ -5,12 +5,13 @@
 
 use crate::config::PretrainConfig;
 use crate::heldout;
-use crate::trainer::{make_batch, write_atomic, Batch, Trainer};
+use crate::trainer::{make_batch, Batch, Trainer};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use vcp_data::io::write_atomic;
 
 pub struct RunOptions {
     pub out: PathBuf,

@@ -18,6 +18,7 @@ use std::path::Path;
 use vcp_clip::block::l2norm;
 use vcp_clip::{Clip, ClipOptions, ClipWeights, Kernels, Tokenizer};
 use vcp_data::corpus;
+use vcp_data::io::{write_atomic, write_atomic_with};
 
 pub use crate::config::LOGIT_SCALE_MAX;
 
@@ -324,6 +325,8 @@ impl Trainer {
         Ok(self.train_step_parts(batch)?.total_value)
     }
 
+    // Long because the loss terms, backward and the AdamW update of one step share the step's
+    // tensors; split, each part would pass all of them.
     /// [`Self::train_step`] with the loss's terms.
     pub fn train_step_parts(&mut self, batch: &Batch) -> Result<StepReport> {
         self.enter_phase()?;
@@ -441,12 +444,7 @@ impl Trainer {
             t.insert(format!("adam_v/{}", p.name), p.v.to_device(&Device::Cpu)?);
         }
         let st = dir.join("checkpoint.safetensors");
-        let tmp = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
-        candle_core::safetensors::save(&t, tmp.path())
-            .with_context(|| format!("{}: cannot write", st.display()))?;
-        tmp.persist(&st)
-            .with_context(|| format!("{}: cannot write", st.display()))?;
+        write_atomic_with(&st, |tmp| candle_core::safetensors::save(&t, tmp))?;
         let meta = serde_json::json!({
             "format": "vcp-pretrain-checkpoint/1",
             "step": self.step,
@@ -456,7 +454,8 @@ impl Trainer {
         write_atomic(
             &dir.join("checkpoint.json"),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
-        )
+        )?;
+        Ok(())
     }
 
     /// Resume from `DIR/checkpoint.*`. The checkpoint's architecture must equal `cfg.model`
@@ -551,11 +550,7 @@ impl Trainer {
             );
         }
         let st = dir.join(format!("{name}.safetensors"));
-        let tmp = tempfile::NamedTempFile::new_in(dir)?;
-        candle_core::safetensors::save(&t, tmp.path())?;
-        readable(tmp.path())?;
-        tmp.persist(&st)
-            .with_context(|| format!("{}: cannot write", st.display()))?;
+        write_atomic_with(&st, |tmp| candle_core::safetensors::save(&t, tmp))?;
         // The numbers a user can check: computed here from the exported (f16) file exactly as
         // `card_check` recomputes them from the embedded preset.
         let model = self.current_model()?;
@@ -573,7 +568,8 @@ impl Trainer {
         write_atomic(
             &dir.join(format!("{name}.json")),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
-        )
+        )?;
+        Ok(())
     }
 }
 
@@ -698,36 +694,6 @@ fn first_difference(a: &vcp_clip::ClipConfig, b: &vcp_clip::ClipConfig) -> Strin
         }
     }
     "model differs".into()
-}
-
-/// Temporary files are created 0600; what we persist is an ordinary 0644 file.
-/// Make a finished output readable by others (0644, as any file a user writes); temporary
-/// files are created 0600. By path: a writer may have replaced the temporary file's inode.
-fn readable(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("{}", path.display()))?;
-    }
-    let _ = path;
-    Ok(())
-}
-
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    readable(tmp.path())?;
-    tmp.persist(path)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
 }
 
 pub fn make_batch(cfg: &PretrainConfig, tok: &Tokenizer, step: usize) -> Result<Batch> {

@@ -326,6 +326,8 @@ impl FeatureCache {
         }
     }
 
+    // Long because memory lookup, disk lookup (with its validation) and the batched compute of the
+    // misses share the batch's bookkeeping.
     /// Features of a batch, computing (and caching) only the images not seen before.
     /// `keys[i]` must identify image i and its augmentation draw (`None` = do not cache).
     pub fn features(

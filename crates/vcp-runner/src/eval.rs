@@ -45,6 +45,110 @@ pub struct EvalOptions<'a> {
     pub cache: Option<&'a FeatureCache>,
 }
 
+/// One category's maps before fusion, with its masks, labels, paths and images (`[S, S, 3]`).
+struct Category {
+    images: Vec<vcp_model::fusion::ImageMaps>,
+    masks: Vec<Vec<bool>>,
+    labels: Vec<bool>,
+    paths: Vec<String>,
+    rgbs: Vec<Vec<u8>>,
+    backbone_seconds: f64,
+}
+
+/// The maps of every test image of category `cls` (few-shot references and memory bank when
+/// the model has them), batch by batch.
+#[allow(clippy::too_many_arguments)]
+fn category_maps(
+    model: &VcpModel,
+    cls: &str,
+    recs: &[vcp_data::meta::Record],
+    refs: Option<&vcp_model::model::References>,
+    root: &Path,
+    o: &EvalOptions,
+    device: &Device,
+    pb: &ProgressBar,
+) -> Result<Category> {
+    let size = model.cfg.backbone.image_size;
+    let bank_weight = model.fewshot().map_or(0.0, |f| f.memory_bank_weight());
+    let mut c = Category {
+        images: Vec::new(),
+        masks: Vec::new(),
+        labels: Vec::new(),
+        paths: Vec::new(),
+        rgbs: Vec::new(),
+        backbone_seconds: 0.0,
+    };
+    let batches = vcp_data::dataset::batches(
+        root.to_path_buf(),
+        recs.to_vec(),
+        size,
+        o.batch_size,
+        2,
+        None,
+    );
+    for b in batches {
+        // Ctrl-C stops evaluation at the next batch too (the run then leaves no record).
+        if crate::interrupt::requested() {
+            anyhow::bail!("interrupted (Ctrl-C) during evaluation");
+        }
+        let b = b?;
+        let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
+        let tb = std::time::Instant::now();
+        let feats = crate::cache::batch_features(o.cache, model, &px, root, &b.paths, device)?;
+        c.backbone_seconds += tb.elapsed().as_secs_f64();
+        let lg = model.logits_with(&feats, cls, false, false, refs)?;
+        let mut maps = model.image_maps(&lg, size)?;
+        if let Some(r) = refs.filter(|_| bank_weight > 0.0) {
+            let bank = r.memory_bank_maps(&feats, size, model.cfg.fusion.upsample)?;
+            for (im, m) in maps.iter_mut().zip(bank.flatten_from(1)?.to_vec2::<f32>()?) {
+                im.fewshot = Some((bank_weight as f32, m));
+            }
+        }
+        c.images.extend(maps);
+        c.masks.extend(
+            b.masks
+                .chunks(size * size)
+                .map(|m| m.iter().map(|&v| v > 0.5).collect()),
+        );
+        c.labels.extend(b.labels.iter().map(|&l| l == 1));
+        c.paths.extend(b.paths.clone());
+        c.rgbs.extend(b.rgb.clone());
+        pb.inc(b.len() as u64);
+    }
+    Ok(c)
+}
+
+/// A non-finite map or score (e.g. from a hostile fusion setting or a diverged model) would be
+/// ranked arbitrarily and make a plausible-looking AUROC: refuse it, as `vcp eval-maps` does for
+/// map files.
+fn check_finite(cls: &str, fin: &vcp_model::fusion::Finalized, paths: &[String]) -> Result<()> {
+    let bad = fin
+        .maps
+        .iter()
+        .position(|m| m.iter().any(|v| !v.is_finite()));
+    let bad = bad.or_else(|| fin.scores.iter().position(|v| !v.is_finite()));
+    if let Some(i) = bad {
+        anyhow::bail!(
+            "category {cls}: the map or score of {} is not finite (NaN or inf); check the `fusion` settings and the training loss",
+            paths[i]
+        );
+    }
+    Ok(())
+}
+
+/// `--save-maps DIR`: each final map as `DIR/<img_path>.npy`.
+fn save_maps(dir: &Path, maps: &[Vec<f32>], paths: &[String], size: usize) -> Result<()> {
+    for (m, p) in maps.iter().zip(paths) {
+        let a = vcp_data::npy::Array2 {
+            height: size,
+            width: size,
+            data: m.clone(),
+        };
+        vcp_data::npy::write_f32_2d(&dir.join(Path::new(p).with_extension("npy")), &a)?;
+    }
+    Ok(())
+}
+
 pub fn evaluate(
     model: &VcpModel,
     meta: &Meta,
@@ -56,7 +160,6 @@ pub fn evaluate(
     let t0 = std::time::Instant::now();
     let size = model.cfg.backbone.image_size;
     let mut out = EvalOutput::default();
-    let bank_weight = model.fewshot().map_or(0.0, |f| f.memory_bank_weight());
     for (cls, recs) in &meta.test.0 {
         pb.set_prefix(cls.clone());
         let refs = if model.fewshot().is_some() {
@@ -66,78 +169,26 @@ pub fn evaluate(
         } else {
             None
         };
-        let mut images = Vec::new();
-        let mut masks: Vec<Vec<bool>> = Vec::new();
-        let mut labels = Vec::new();
-        let mut paths = Vec::new();
-        let mut rgbs = Vec::new();
-        for b in vcp_data::dataset::batches(
-            root.to_path_buf(),
-            recs.clone(),
-            size,
-            o.batch_size,
-            2,
-            None,
-        ) {
-            // Ctrl-C stops evaluation at the next batch too (the run then leaves no record).
-            if crate::interrupt::requested() {
-                anyhow::bail!("interrupted (Ctrl-C) during evaluation");
-            }
-            let b = b?;
-            let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
-            let tb = std::time::Instant::now();
-            let feats = crate::cache::batch_features(o.cache, model, &px, root, &b.paths, device)?;
-            out.backbone_seconds += tb.elapsed().as_secs_f64();
-            let lg = model.logits_with(&feats, cls, false, false, refs.as_ref())?;
-            let mut maps = model.image_maps(&lg, size)?;
-            if let Some(r) = refs.as_ref().filter(|_| bank_weight > 0.0) {
-                let bank = r.memory_bank_maps(&feats, size, model.cfg.fusion.upsample)?;
-                for (im, m) in maps.iter_mut().zip(bank.flatten_from(1)?.to_vec2::<f32>()?) {
-                    im.fewshot = Some((bank_weight as f32, m));
-                }
-            }
-            images.extend(maps);
-            masks.extend(
-                b.masks
-                    .chunks(size * size)
-                    .map(|m| m.iter().map(|&v| v > 0.5).collect()),
-            );
-            labels.extend(b.labels.iter().map(|&l| l == 1));
-            paths.extend(b.paths.clone());
-            rgbs.extend(b.rgb.clone());
-            pb.inc(b.len() as u64);
-        }
+        let Category {
+            images,
+            masks,
+            labels,
+            paths,
+            rgbs,
+            backbone_seconds,
+        } = category_maps(model, cls, recs, refs.as_ref(), root, o, device, pb)?;
+        out.backbone_seconds += backbone_seconds;
         if images.is_empty() {
             out.notes.push(format!("{cls}: no images"));
             continue;
         }
         let fin = finalize(&images, &model.cfg.fusion);
-        // A non-finite map or score (e.g. from a hostile fusion setting or a diverged model)
-        // would be ranked arbitrarily and make a plausible-looking AUROC: refuse it, as
-        // `vcp eval-maps` does for map files.
-        let bad = fin
-            .maps
-            .iter()
-            .position(|m| m.iter().any(|v| !v.is_finite()));
-        let bad = bad.or_else(|| fin.scores.iter().position(|v| !v.is_finite()));
-        if let Some(i) = bad {
-            anyhow::bail!(
-                "category {cls}: the map or score of {} is not finite (NaN or inf); check the `fusion` settings and the training loss",
-                paths[i]
-            );
-        }
+        check_finite(cls, &fin, &paths)?;
         let defective = labels.iter().filter(|&&l| l).count();
         out.test_images
             .push((cls.clone(), [labels.len() - defective, defective]));
         if let Some(dir) = o.save_maps {
-            for (m, p) in fin.maps.iter().zip(&paths) {
-                let a = vcp_data::npy::Array2 {
-                    height: size,
-                    width: size,
-                    data: m.clone(),
-                };
-                vcp_data::npy::write_f32_2d(&dir.join(Path::new(p).with_extension("npy")), &a)?;
-            }
+            save_maps(dir, &fin.maps, &paths, size)?;
         }
         // Keep a few anomalous images first (they make the qualitative grid), then normal ones.
         let mut order: Vec<usize> = (0..paths.len()).filter(|&i| labels[i]).collect();

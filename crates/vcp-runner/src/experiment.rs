@@ -301,51 +301,13 @@ pub fn load(
     let seeds = parse_seeds(&top, file, seeds, &base)?;
     let reference = parse_reference(&top, file)?;
     // Counted before anything is built: variants x grid points x seeds.
-    let total = variants
-        .len()
-        .checked_mul(grid.len())
-        .and_then(|n| n.checked_mul(seeds.len()))
-        .filter(|&n| n <= MAX_RUNS);
-    if total.is_none() {
-        bail!(
-            "{}: {} variants x {} grid points x {} seeds is more than {MAX_RUNS} runs; split the experiment",
-            file.display(),
-            variants.len(),
-            grid.len(),
-            seeds.len()
-        );
-    }
-    let baseline = match top.get("baseline") {
-        None => None,
-        Some(Value::String(b)) if variants.iter().any(|v| &v.name == b) => Some(b.clone()),
-        Some(Value::String(b)) => bail!(
-            "{}: baseline `{b}` is not a variant (variants: {})",
-            file.display(),
-            variants
-                .iter()
-                .map(|v| v.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Some(_) => bail!("{}: `baseline` must be a variant's name", file.display()),
-    };
+    check_run_count(file, variants.len(), grid.len(), seeds.len())?;
+    let baseline = parse_baseline(&top, file, &variants)?;
     let mut runs = Vec::new();
     let mut names: Vec<String> = Vec::new();
     for v in &variants {
         for combo in &grid {
-            let label = if combo.is_empty() {
-                v.name.clone()
-            } else {
-                format!(
-                    "{}[{}]",
-                    v.name,
-                    combo
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
-            };
+            let label = grid_label(&v.name, combo);
             // Two labels that slug to one folder name would share runs: one row would vanish.
             if let Some(other) = names.iter().find(|o| slug(o.as_str()) == slug(&label)) {
                 bail!(
@@ -394,6 +356,48 @@ pub fn load(
         reference,
         runs,
     })
+}
+
+/// More than [`MAX_RUNS`] runs (or a product that overflows) is an error, before any is built.
+fn check_run_count(file: &Path, variants: usize, grid: usize, seeds: usize) -> Result<()> {
+    let total = variants
+        .checked_mul(grid)
+        .and_then(|n| n.checked_mul(seeds))
+        .filter(|&n| n <= MAX_RUNS);
+    if total.is_none() {
+        bail!(
+            "{}: {variants} variants x {grid} grid points x {seeds} seeds is more than {MAX_RUNS} runs; split the experiment",
+            file.display(),
+        );
+    }
+    Ok(())
+}
+
+/// `baseline = "<variant>"`: must name one of the variants.
+fn parse_baseline(top: &toml::Table, file: &Path, variants: &[Variant]) -> Result<Option<String>> {
+    Ok(match top.get("baseline") {
+        None => None,
+        Some(Value::String(b)) if variants.iter().any(|v| &v.name == b) => Some(b.clone()),
+        Some(Value::String(b)) => bail!(
+            "{}: baseline `{b}` is not a variant (variants: {})",
+            file.display(),
+            variants
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(_) => bail!("{}: `baseline` must be a variant's name", file.display()),
+    })
+}
+
+/// A variant's row label at one grid point: `name` or `name[k=v,k2=v2]`.
+fn grid_label(name: &str, combo: &[(String, Value)]) -> String {
+    if combo.is_empty() {
+        return name.to_string();
+    }
+    let point: Vec<String> = combo.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{name}[{}]", point.join(","))
 }
 
 /// The experiment's name as a folder name under `--results` (never a path).

@@ -28,6 +28,7 @@ pub mod runner;
 pub mod slurm;
 pub mod summary;
 pub mod train;
+pub mod visual;
 pub mod workers;
 
 /// A progress bar in the workspace's style.

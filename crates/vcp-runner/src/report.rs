@@ -122,6 +122,8 @@ fn fmt(s: Option<(f64, f64)>, n: usize) -> String {
     }
 }
 
+// Long because it writes the same rows in three formats (csv, markdown, LaTeX) side by side, so
+// that they cannot drift apart.
 /// Write table.csv / table.md / table.tex into `exp_dir`; returns the markdown.
 pub fn write_tables(
     exp_dir: &Path,

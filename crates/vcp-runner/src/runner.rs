@@ -3,9 +3,11 @@
 //! left no record and is redone. Frozen-backbone features are shared across runs (cache.rs).
 
 use crate::cache::FeatureCache;
+use crate::config::ExperimentConfig;
 use crate::experiment::RunSpec;
 use crate::provenance::{git_state, utc_now};
 use crate::record::{Datasets, Git, Metrics, OrderedMap, Qualitative, Record, WallSeconds};
+use crate::visual::Panel;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::MultiProgress;
@@ -79,6 +81,51 @@ pub fn run_state(dir: &Path) -> RunState {
 /// claimed with a lock file first (see [`crate::lock`]), so several processes may share one
 /// experiment folder. A failed run leaves `error.txt` (its message) and no record; with
 /// `keep_going` the others still run, else the error is returned at once.
+/// What [`claim`] found for a run.
+enum Claimed {
+    /// This process does the run (holding its lock).
+    Run(crate::lock::RunLock),
+    /// It has a record already.
+    Done,
+    /// Another live process is doing it.
+    Busy,
+}
+
+/// Take the run's lock unless it is done or another process holds it (a stale lock of a dead
+/// process is taken over, with one line saying so).
+fn claim(spec: &RunSpec, dir: &Path, o: &RunOptions<'_>, mp: &MultiProgress) -> Result<Claimed> {
+    if dir.join("record.json").exists() {
+        return Ok(Claimed::Done);
+    }
+    let lock = match crate::lock::try_claim(dir)? {
+        crate::lock::Claim::Acquired(l) => l,
+        crate::lock::Claim::Held(h) => {
+            if !o.quiet {
+                mp.suspend(|| {
+                    eprintln!(
+                        "{} seed {}: running in {h}; skipped here",
+                        spec.variant, spec.seed
+                    )
+                });
+            }
+            return Ok(Claimed::Busy);
+        }
+    };
+    if dir.join("record.json").exists() {
+        // Finished by another process between the check and the claim.
+        return Ok(Claimed::Done);
+    }
+    if let Some(h) = &lock.took_over {
+        mp.suspend(|| {
+            eprintln!(
+                "{} seed {}: took over the stale lock of {h} (that process is gone); redoing the run",
+                spec.variant, spec.seed
+            )
+        });
+    }
+    Ok(Claimed::Run(lock))
+}
+
 pub fn run_all(runs: &[&RunSpec], name: &str, o: &RunOptions<'_>) -> Result<RunSummary> {
     let cache = FeatureCache::new(if o.cache { o.cache_bytes } else { 0 })
         .with_disk(o.feature_cache.clone());
@@ -100,41 +147,19 @@ pub fn run_all(runs: &[&RunSpec], name: &str, o: &RunOptions<'_>) -> Result<RunS
             );
         }
         let dir = spec.dir(&o.results);
-        if dir.join("record.json").exists() {
-            sum.skipped += 1;
-            overall.inc(1);
-            continue;
-        }
-        let lock = match crate::lock::try_claim(&dir)? {
-            crate::lock::Claim::Acquired(l) => l,
-            crate::lock::Claim::Held(h) => {
-                if !o.quiet {
-                    mp.suspend(|| {
-                        eprintln!(
-                            "{} seed {}: running in {h}; skipped here",
-                            spec.variant, spec.seed
-                        )
-                    });
-                }
+        let lock = match claim(spec, &dir, o, &mp)? {
+            Claimed::Run(lock) => lock,
+            Claimed::Done => {
+                sum.skipped += 1;
+                overall.inc(1);
+                continue;
+            }
+            Claimed::Busy => {
                 sum.busy += 1;
                 overall.inc(1);
                 continue;
             }
         };
-        if dir.join("record.json").exists() {
-            // Finished by another process between the check and the claim.
-            sum.skipped += 1;
-            overall.inc(1);
-            continue;
-        }
-        if let Some(h) = &lock.took_over {
-            mp.suspend(|| {
-                eprintln!(
-                    "{} seed {}: took over the stale lock of {h} (that process is gone); redoing the run",
-                    spec.variant, spec.seed
-                )
-            });
-        }
         let _ = std::fs::remove_file(dir.join(ERROR_FILE));
         overall.set_message(format!("{} (seed {})", spec.variant, spec.seed));
         let res = run_one(
@@ -179,56 +204,6 @@ pub fn run_all(runs: &[&RunSpec], name: &str, o: &RunOptions<'_>) -> Result<RunS
         );
     }
     Ok(sum)
-}
-
-fn write_overlay(path: &Path, rgb: &[u8], map: &[f32], mask: &[bool], size: usize) -> Result<()> {
-    // image | heat overlay with ground-truth outline
-    let (lo, hi) = map
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    let mut img = image::RgbImage::new(2 * size as u32, size as u32);
-    for y in 0..size {
-        for x in 0..size {
-            let i = y * size + x;
-            let px = [rgb[i * 3], rgb[i * 3 + 1], rgb[i * 3 + 2]];
-            img.put_pixel(x as u32, y as u32, image::Rgb(px));
-            let n = if hi > lo {
-                (map[i] - lo) / (hi - lo)
-            } else {
-                0.0
-            };
-            let c = crate::plots::jet(n);
-            let edge = mask[i]
-                && [(0i64, 1i64), (1, 0), (0, -1), (-1, 0)]
-                    .iter()
-                    .any(|(dy, dx)| {
-                        let (yy, xx) = (y as i64 + dy, x as i64 + dx);
-                        yy < 0
-                            || xx < 0
-                            || yy >= size as i64
-                            || xx >= size as i64
-                            || !mask[yy as usize * size + xx as usize]
-                    });
-            let o = if edge {
-                [0, 255, 0]
-            } else {
-                [0, 1, 2].map(|k| ((px[k] as u16 + c[k] as u16) / 2) as u8)
-            };
-            img.put_pixel((size + x) as u32, y as u32, image::Rgb(o));
-        }
-    }
-    // Small enough to commit with the records: tiles of at most 128 px.
-    let img = if size > 128 {
-        image::imageops::resize(&img, 256, 128, image::imageops::FilterType::Triangle)
-    } else {
-        img
-    };
-    let (w, h) = img.dimensions();
-    let png = vcp_data::io::encode_png(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)?;
-    vcp_data::io::write_atomic(path, &png)?;
-    Ok(())
 }
 
 /// Training of one run (when the experiment trains anything); epoch lines go to `log`.
@@ -282,7 +257,16 @@ fn write_run_files(
             "{}.png",
             crate::experiment::slug(p.trim_end_matches(|c: char| c != '.').trim_end_matches('.'))
         );
-        write_overlay(&dir.join("qual").join(&name), rgb, map, mask, size)?;
+        // image | heat overlay with the ground-truth outline; tiles of at most 128 px, small
+        // enough to commit with the records.
+        let panels = [
+            Panel::Image,
+            Panel::Heat {
+                outline: Some(mask),
+            },
+        ];
+        let img = crate::visual::overlay(rgb, map, size, &panels);
+        crate::visual::write_png(&dir.join("qual").join(&name), &img, Some(128))?;
         qual.push(Qualitative {
             img_path: p.clone(),
             file: format!("qual/{name}"),
@@ -304,6 +288,37 @@ fn write_run_files(
     Ok(qual)
 }
 
+/// Fail before training when the evaluation data cannot supply a few-shot model's references.
+fn check_fewshot_data(exp: &ExperimentConfig, model: &VcpModel) -> Result<()> {
+    if let (Some(k), Some(ec)) = (model.fewshot().map(|f| f.shots()), &exp.eval) {
+        let (meta, _, _) = crate::data::resolve(&ec.data, ec.root.as_deref(), &exp.synth)?;
+        crate::eval::check_references(&meta, k)?;
+    }
+    Ok(())
+}
+
+/// Evaluation of one run on its `[eval]` data, with a progress bar.
+fn eval_phase(
+    model: &VcpModel,
+    ec: &crate::config::EvalConfig,
+    exp: &ExperimentConfig,
+    o: &RunOptions<'_>,
+    cache: Option<&FeatureCache>,
+    mp: &MultiProgress,
+) -> Result<crate::eval::EvalOutput> {
+    let (meta, _, root) = crate::data::resolve(&ec.data, ec.root.as_deref(), &exp.synth)?;
+    let pb = mp.add(crate::bar(meta.test.len() as u64, "eval images"));
+    let eo = crate::eval::EvalOptions {
+        batch_size: ec.batch_size,
+        save_maps: None,
+        keep_images: o.keep_images,
+        cache,
+    };
+    let ev = crate::eval::evaluate(model, &meta, &root, &eo, &o.device, &pb)?;
+    pb.finish_and_clear();
+    Ok(ev)
+}
+
 pub fn run_one(
     spec: &RunSpec,
     dir: &Path,
@@ -317,28 +332,13 @@ pub fn run_one(
     let exp = &spec.config;
     let model = exp.build_model(o.registry, &o.device)?;
     let mut log = format!("run {} seed {} ({})\n", spec.variant, spec.seed, spec.hash);
-    if let Some(k) = model.fewshot().map(|f| f.shots()) {
-        // Fail before training when the evaluation data cannot supply the references.
-        if let Some(ec) = &exp.eval {
-            let (meta, _, _) = crate::data::resolve(&ec.data, ec.root.as_deref(), &exp.synth)?;
-            crate::eval::check_references(&meta, k)?;
-        }
-    }
+    check_fewshot_data(exp, &model)?;
     let train_report = train_phase(exp, &model, dir, cache, mp, &o.device, &mut log)?;
     let ec = exp
         .eval
         .clone()
         .context("the experiment has no [eval] table")?;
-    let (meta, _, root) = crate::data::resolve(&ec.data, ec.root.as_deref(), &exp.synth)?;
-    let pb = mp.add(crate::bar(meta.test.len() as u64, "eval images"));
-    let eo = crate::eval::EvalOptions {
-        batch_size: ec.batch_size,
-        save_maps: None,
-        keep_images: o.keep_images,
-        cache,
-    };
-    let ev = crate::eval::evaluate(&model, &meta, &root, &eo, &o.device, &pb)?;
-    pb.finish_and_clear();
+    let ev = eval_phase(&model, &ec, exp, o, cache, mp)?;
     let qual = write_run_files(dir, &ev, exp.model.backbone.image_size)?;
     let (mean, mean_notes) = vcp_metrics::mean_over_categories(&ev.rows);
     let (t_end, end_iso) = utc_now();

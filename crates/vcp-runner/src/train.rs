@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
+use vcp_data::io::read_regular_string;
 use vcp_data::{Meta, Record};
 use vcp_model::checkpoint;
 use vcp_model::VcpModel;
@@ -247,6 +248,89 @@ fn validation_ap(
     Ok((!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64))
 }
 
+/// The frozen features of a batch (from the feature cache when the batch is not augmented) and
+/// the seconds the backbone took.
+fn batch_features(
+    model: &VcpModel,
+    b: &vcp_data::dataset::Batch,
+    cache: Option<&crate::cache::FeatureCache>,
+    root: &Path,
+    device: &Device,
+) -> Result<(vcp_model::Features, f64)> {
+    let size = model.cfg.backbone.image_size;
+    let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
+    let t = std::time::Instant::now();
+    let feats = crate::cache::batch_features(cache, model, &px, root, &b.paths, device)?;
+    Ok((feats, t.elapsed().as_secs_f64()))
+}
+
+/// With `--resume`: the last epoch with a checkpoint in the output folder, loaded into `model`;
+/// 0 when starting afresh.
+fn resume(model: &VcpModel, o: &TrainOptions) -> Result<usize> {
+    let Some(e) = last_epoch(o.out).filter(|_| o.resume) else {
+        return Ok(0);
+    };
+    checkpoint::load_into(model, &o.out.join(format!("epoch_{e}.safetensors")))?;
+    if !o.quiet {
+        eprintln!("resuming after epoch {e} (Adam moments restart from zero)");
+    }
+    Ok(e)
+}
+
+/// After an epoch: its checkpoint (the previous one removed with `keep_last_only`), the
+/// validation AP when there is a validation set, one line on stderr; returns its log entry.
+fn end_epoch(
+    model: &VcpModel,
+    tc: &TrainConfig,
+    o: &TrainOptions,
+    epoch: usize,
+    mean_loss: f64,
+    t0: std::time::Instant,
+    device: &Device,
+) -> Result<EpochLog> {
+    let ck = o.out.join(format!("epoch_{epoch}.safetensors"));
+    let sha = checkpoint::save(
+        model,
+        &ck,
+        &[
+            ("epoch", epoch.to_string()),
+            ("loss", format!("{mean_loss}")),
+        ],
+    )?;
+    if o.keep_last_only && epoch > 1 {
+        let prev = o.out.join(format!("epoch_{}.safetensors", epoch - 1));
+        let _ = std::fs::remove_file(&prev);
+        let _ = std::fs::remove_file(prev.with_extension("safetensors.sha256"));
+    }
+    let val_ap = match o.val {
+        Some((vm, vroot)) => validation_ap(model, vm, vroot, tc.batch_size, o, device)?,
+        None => None,
+    };
+    let e = EpochLog {
+        epoch,
+        loss: mean_loss,
+        val_ap_px: val_ap,
+        seconds: t0.elapsed().as_secs_f64(),
+        checkpoint: ck.file_name().unwrap().to_string_lossy().to_string(),
+        sha256: sha,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    if !o.quiet {
+        eprintln!(
+            "epoch {epoch}: loss {mean_loss:.4}{} ({:.1} s) -> {}",
+            val_ap
+                .map(|a| format!(", val pixel AP {:.2}", a * 100.0))
+                .unwrap_or_default(),
+            e.seconds,
+            ck.display()
+        );
+    }
+    Ok(e)
+}
+
+// Long because the epoch loop holds what lives across epochs (optimiser, shuffled records, log,
+// report); the per-batch work is in `batch_features` / `batch_gradients`, the per-epoch
+// bookkeeping in `end_epoch`.
 pub fn train(
     model: &VcpModel,
     tc: &TrainConfig,
@@ -257,16 +341,7 @@ pub fn train(
 ) -> Result<TrainReport> {
     let t_all = std::time::Instant::now();
     std::fs::create_dir_all(o.out)?;
-    let mut start = 1;
-    if o.resume {
-        if let Some(e) = last_epoch(o.out) {
-            checkpoint::load_into(model, &o.out.join(format!("epoch_{e}.safetensors")))?;
-            start = e + 1;
-            if !o.quiet {
-                eprintln!("resuming after epoch {e} (Adam moments restart from zero)");
-            }
-        }
-    }
+    let start = resume(model, o)? + 1;
     let (main, temps) = model.trainable_groups();
     let all_vars: Vec<(String, Var)> = main.iter().chain(temps.iter()).cloned().collect();
     let mut opt = Optimiser::new(&main, &temps, tc)?;
@@ -274,19 +349,17 @@ pub fn train(
     let mut records: Vec<Record> = meta.test.0.iter().flat_map(|(_, r)| r.clone()).collect();
     let size = model.cfg.backbone.image_size;
     let mut report = TrainReport::default();
-    let mut log = if o.resume {
-        vcp_data::io::read_regular_string(&o.out.join("train_log.jsonl"), 1 << 30)
-            .unwrap_or_default()
-    } else {
-        String::new()
+    // Resumed: the earlier epochs' lines are kept.
+    let mut log = match o.resume {
+        true => read_regular_string(&o.out.join("train_log.jsonl"), 1 << 30).unwrap_or_default(),
+        false => String::new(),
     };
     for epoch in start..=tc.epochs {
         let t0 = std::time::Instant::now();
         vcp_data::dataset::shuffle(&mut records, o.seed.wrapping_mul(1000) + epoch as u64);
-        let pb = if o.quiet {
-            ProgressBar::hidden()
-        } else {
-            crate::bar(records.len() as u64, "images")
+        let pb = match o.quiet {
+            true => ProgressBar::hidden(),
+            false => crate::bar(records.len() as u64, "images"),
         };
         pb.set_prefix(format!("epoch {epoch}/{}", tc.epochs));
         let transform = augmentation(
@@ -313,19 +386,11 @@ pub fn train(
             if crate::interrupt::requested() {
                 bail!("interrupted (Ctrl-C) at epoch {epoch}, step {step}; rerun to continue");
             }
-            let px = Tensor::from_slice(&b.images, (b.len(), 3, size, size), device)?;
-            let tb = std::time::Instant::now();
-            let feats = crate::cache::batch_features(
-                o.cache.filter(|_| cacheable),
-                model,
-                &px,
-                root,
-                &b.paths,
-                device,
-            )?;
-            report.backbone_seconds += tb.elapsed().as_secs_f64();
-            let gt = Tensor::from_slice(&b.masks, (b.len(), size, size), device)?;
             let n = b.len();
+            let cache = o.cache.filter(|_| cacheable);
+            let (feats, secs) = batch_features(model, &b, cache, root, device)?;
+            report.backbone_seconds += secs;
+            let gt = Tensor::from_slice(&b.masks, (n, size, size), device)?;
             let chunk = tc.loss_chunk.unwrap_or(n).max(1);
             let groups = loss_groups(&b.classes, per_class_text);
             let (v, grads) = batch_gradients(model, &feats, &gt, &groups, chunk, &all_vars)
@@ -342,49 +407,12 @@ pub fn train(
             pb.set_message(format!("loss {v:.4} ({rate:.1} img/s)"));
         }
         pb.finish_and_clear();
-        let mean_loss = sum / steps.max(1) as f64;
-        let ck = o.out.join(format!("epoch_{epoch}.safetensors"));
-        let sha = checkpoint::save(
-            model,
-            &ck,
-            &[
-                ("epoch", epoch.to_string()),
-                ("loss", format!("{mean_loss}")),
-            ],
-        )?;
-        if o.keep_last_only && epoch > 1 {
-            let prev = o.out.join(format!("epoch_{}.safetensors", epoch - 1));
-            let _ = std::fs::remove_file(&prev);
-            let _ = std::fs::remove_file(prev.with_extension("safetensors.sha256"));
-        }
-        let val_ap = match o.val {
-            Some((vm, vroot)) => validation_ap(model, vm, vroot, tc.batch_size, o, device)?,
-            None => None,
-        };
-        let e = EpochLog {
-            epoch,
-            loss: mean_loss,
-            val_ap_px: val_ap,
-            seconds: t0.elapsed().as_secs_f64(),
-            checkpoint: ck.file_name().unwrap().to_string_lossy().to_string(),
-            sha256: sha.clone(),
-            peak_rss_mib: peak_rss_mib(),
-        };
-        if !o.quiet {
-            eprintln!(
-                "epoch {epoch}: loss {mean_loss:.4}{} ({:.1} s) -> {}",
-                val_ap
-                    .map(|a| format!(", val pixel AP {:.2}", a * 100.0))
-                    .unwrap_or_default(),
-                e.seconds,
-                ck.display()
-            );
-        }
+        let e = end_epoch(model, tc, o, epoch, sum / steps.max(1) as f64, t0, device)?;
         log.push_str(&serde_json::to_string(&e)?);
         log.push('\n');
         vcp_data::io::write_atomic(&o.out.join("train_log.jsonl"), log.as_bytes())?;
-        report.checkpoint = Some(ck);
-        report.sha256 = Some(sha);
+        report.checkpoint = Some(o.out.join(&e.checkpoint));
+        report.sha256 = Some(e.sha256.clone());
         report.epochs.push(e);
     }
     report.seconds = t_all.elapsed().as_secs_f64();

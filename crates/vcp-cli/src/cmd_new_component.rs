@@ -1,19 +1,21 @@
-//! `vcp new-component --slot refiner --name NAME [--root DIR]`: the door for a new idea.
+//! `vcp new-component --slot refiner|head --name NAME [--root DIR]`: the door for a new idea.
 //!
 //! Writes a compiling component crate `crates/vcp-NAME/` from the workspace's template (its
 //! configuration type, the module, a forward test against a hand computation), registers it in
 //! this binary with one line (`crates/vcp-cli/src/components.rs`, plus one dependency line in
 //! each `Cargo.toml`), and writes `experiments/NAME.toml`, which compares it with the slot's
 //! default on the built-in benchmark. Everything is checked before anything is written; every
-//! file is written atomically. `crates/vcp-scaffold-demo` is the template's output for
-//! `--name scaffold_demo`, built and tested with the workspace (a CLI test compares the two).
+//! file is written atomically. `crates/vcp-scaffold-demo` and `crates/vcp-scaffold-head` are the
+//! templates' output for `--slot refiner --name scaffold_demo` and `--slot head --name
+//! scaffold_head`, built and tested with the workspace (a CLI test compares them with the
+//! command's output).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The slot the component fills (templates: refiner).
+    /// The slot the component fills (templates: refiner, head).
     #[arg(long)]
     slot: String,
     /// The component's `kind` (snake_case, e.g. `my_refiner`); the crate is `vcp-my-refiner`.
@@ -25,14 +27,24 @@ pub struct Args {
 }
 
 /// Slots with a template, and its files (`Cargo.toml`, `src/lib.rs`, the experiment).
-const TEMPLATES: [(&str, [&str; 3]); 1] = [(
-    "refiner",
-    [
-        include_str!("../templates/refiner/Cargo.toml.tmpl"),
-        include_str!("../templates/refiner/lib.rs.tmpl"),
-        include_str!("../templates/refiner/experiment.toml.tmpl"),
-    ],
-)];
+const TEMPLATES: [(&str, [&str; 3]); 2] = [
+    (
+        "refiner",
+        [
+            include_str!("../templates/refiner/Cargo.toml.tmpl"),
+            include_str!("../templates/refiner/lib.rs.tmpl"),
+            include_str!("../templates/refiner/experiment.toml.tmpl"),
+        ],
+    ),
+    (
+        "head",
+        [
+            include_str!("../templates/head/Cargo.toml.tmpl"),
+            include_str!("../templates/head/lib.rs.tmpl"),
+            include_str!("../templates/head/experiment.toml.tmpl"),
+        ],
+    ),
+];
 
 /// The names a component goes by.
 struct Names {
@@ -151,7 +163,7 @@ fn plan(a: &Args, n: &Names, files: &[&str; 3]) -> Result<Vec<(PathBuf, String)>
 pub fn run(a: Args) -> Result<()> {
     let Some((_, files)) = TEMPLATES.iter().find(|(s, _)| *s == a.slot) else {
         bail!(
-            "--slot `{}`: templates exist for {} (for another slot start from crates/vcp-example-refiner by hand)",
+            "--slot `{}`: templates exist for {} (for another slot start from that slot's crate by hand, e.g. crates/vcp-prompt)",
             a.slot,
             TEMPLATES.map(|(s, _)| s).join(", ")
         );

@@ -173,7 +173,6 @@ fn training_reduces_loss_then_eval_and_resume() {
     }
     let mean = m["mean"]["auroc_px"].as_f64().unwrap();
     assert!((mean - sum / cats.len() as f64).abs() < 1e-12);
-    assert!((0.0..=1.0).contains(&mean));
 }
 
 /// `vcp predict` of the official checkpoint on the fixture's CLIP and image (the fixture's setting:

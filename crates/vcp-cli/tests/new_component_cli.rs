@@ -1,8 +1,9 @@
 //! `vcp new-component`: on a copy of the files it edits, it writes the template's crate
-//! (byte-equal to `crates/vcp-scaffold-demo`, which the workspace builds and tests, so the
-//! output is known to compile and pass its forward test), registers it with one line in each of
-//! the three files, writes an experiment comparing it with Post-VCP, and refuses bad names, an
-//! unknown slot and a second run without writing anything.
+//! (byte-equal to `crates/vcp-scaffold-demo` for the refiner slot and `crates/vcp-scaffold-head`
+//! for the head slot, which the workspace builds and tests, so the output is known to compile
+//! and pass its forward test), registers it with one line in each of the three files, writes an
+//! experiment comparing it with the slot's default, and refuses bad names, a slot without a
+//! template and a second run without writing anything.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,57 +58,73 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-#[test]
-fn new_component_writes_the_template_crate_and_registers_it() {
+/// `new-component --slot SLOT --name NAME` in a fresh skeleton: the crate equals the committed
+/// `crates/KRATE` byte for byte, one line is added to each registering file, and the experiment
+/// compares the slot's default `DEFAULT` with the new kind.
+fn writes_the_committed_crate(slot: &str, name: &str, krate: &str, default: &str) {
     let d = tempfile::tempdir().unwrap();
     let (cache, ws) = (d.path().join("cache"), d.path().join("ws"));
     skeleton(&ws);
-    let before = tree(&ws);
-    let o = new_component(&cache, &ws, "refiner", "scaffold_demo");
+    let o = new_component(&cache, &ws, slot, name);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The crate: the committed, compiled and tested one, byte for byte (only the sources it
     // writes; a build leaves nothing in the crate folder).
-    let written = tree(&ws.join("crates/vcp-scaffold-demo"));
-    let committed = tree(&workspace().join("crates/vcp-scaffold-demo"));
+    let written = tree(&ws.join("crates").join(krate));
+    let committed = tree(&workspace().join("crates").join(krate));
     assert_eq!(
         written.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
         vec![PathBuf::from("Cargo.toml"), PathBuf::from("src/lib.rs")]
     );
     assert_eq!(
         written, committed,
-        "regenerate crates/vcp-scaffold-demo from the template"
+        "regenerate crates/{krate} from the {slot} template"
     );
     // One line in each file it edits, nothing else changed.
     let text = |f: &str| std::fs::read_to_string(ws.join(f)).unwrap();
     let orig = |f: &str| std::fs::read_to_string(workspace().join(f)).unwrap();
+    let ident = krate.replace('-', "_");
     for (f, line) in [
         (
             "Cargo.toml",
-            "vcp-scaffold-demo = { path = \"crates/vcp-scaffold-demo\" }",
+            format!("{krate} = {{ path = \"crates/{krate}\" }}"),
         ),
         (
             "crates/vcp-cli/Cargo.toml",
-            "vcp-scaffold-demo.workspace = true",
+            format!("{krate}.workspace = true"),
         ),
         (
             "crates/vcp-cli/src/components.rs",
-            "    vcp_scaffold_demo::register(&mut reg);",
+            format!("    {ident}::register(&mut reg);"),
         ),
     ] {
         let (new, old) = (text(f), orig(f));
-        assert_eq!(new.matches(line).count(), 1, "{f}: {new}");
+        assert_eq!(new.matches(&line).count(), 1, "{f}: {new}");
         assert_eq!(new.replacen(&format!("{line}\n"), "", 1), old, "{f}");
     }
     // The experiment: the slot's default against the new kind.
-    let exp: toml::Table = toml::from_str(&text("experiments/scaffold_demo.toml")).unwrap();
-    assert_eq!(exp["name"].as_str(), Some("scaffold_demo"));
+    let exp: toml::Table = toml::from_str(&text(&format!("experiments/{name}.toml"))).unwrap();
+    assert_eq!(exp["name"].as_str(), Some(name));
     assert_eq!(exp["base"].as_str(), Some("vcp_clip_tiny.toml"));
+    assert_eq!(exp["baseline"].as_str(), Some(default));
     let variants = exp["variant"].as_array().unwrap();
-    assert_eq!(variants[0]["name"].as_str(), Some("post_vcp"));
-    assert_eq!(
-        variants[1]["set"]["refiner"]["kind"].as_str(),
-        Some("scaffold_demo")
-    );
+    assert_eq!(variants[0]["name"].as_str(), Some(default));
+    assert_eq!(variants[1]["set"][slot]["kind"].as_str(), Some(name));
+}
+
+#[test]
+fn new_component_writes_the_head_template_crate() {
+    writes_the_committed_crate("head", "scaffold_head", "vcp-scaffold-head", "linear_proj");
+}
+
+#[test]
+fn new_component_writes_the_template_crate_and_registers_it() {
+    writes_the_committed_crate("refiner", "scaffold_demo", "vcp-scaffold-demo", "post_vcp");
+    let d = tempfile::tempdir().unwrap();
+    let (cache, ws) = (d.path().join("cache"), d.path().join("ws"));
+    skeleton(&ws);
+    let before = tree(&ws);
+    let o = new_component(&cache, &ws, "refiner", "scaffold_demo");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // A second time: refused, nothing changed.
     let after = tree(&ws);
     let o = new_component(&cache, &ws, "refiner", "scaffold_demo");
@@ -125,7 +142,7 @@ fn new_component_writes_the_template_crate_and_registers_it() {
         ("refiner", "a", "snake_case"),
         ("refiner", "x;rm -rf", "snake_case"),
         ("refiner", "ends_", "snake_case"),
-        ("head", "my_head", "templates exist for refiner"),
+        ("prompt", "my_prompt", "templates exist for refiner, head"),
     ] {
         let o = new_component(&cache, &fresh, slot, name);
         let e = String::from_utf8_lossy(&o.stderr);

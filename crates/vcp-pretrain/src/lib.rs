@@ -8,12 +8,16 @@
 //! * [`heldout`]: retrieval, kind accuracy and zero-shot defect AUROC on held-out pairs, and the
 //!   model card's check.
 //! * [`batch`]: pixels and token ids of corpus samples.
+//! * [`optim`]: AdamW, as tensor ops and in place on host memory.
+//! * [`checkpoint`]: resumable checkpoints, the exported weights, the warm start.
 //! * [`run`]: the loop of `vcp pretrain-clip` (prefetched batches, progress, Ctrl-C, logs).
 
 pub mod batch;
+pub mod checkpoint;
 pub mod config;
 pub mod heldout;
 pub mod objective;
+pub mod optim;
 pub mod run;
 pub mod trainer;
 

@@ -8,9 +8,10 @@
 //! and in the autograd graph), so what is trained is exactly what VCP-CLIP later runs.
 
 use crate::batch::{ids_of, pixels_of};
+use crate::checkpoint::{self, warm_start, VISION_POS};
 use crate::config::PretrainConfig;
-use crate::heldout::card_check;
 use crate::objective::{self, DenseTargets};
+use crate::optim::{AdamHyper, Param};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
@@ -18,27 +19,9 @@ use std::path::Path;
 use vcp_clip::block::l2norm;
 use vcp_clip::{Clip, ClipOptions, ClipWeights, Kernels, Tokenizer};
 use vcp_data::corpus;
-use vcp_data::io::{write_atomic, write_atomic_with};
 
+pub use crate::checkpoint::PATCH_SCALE;
 pub use crate::config::LOGIT_SCALE_MAX;
-
-/// The patch term's own learnable log-scale (not a CLIP tensor: kept in checkpoints, never
-/// exported).
-pub const PATCH_SCALE: &str = "patch_logit_scale";
-
-/// The vision tower's positional embedding (resized when the input size changes).
-const VISION_POS: &str = "vision_model.embeddings.position_embedding.weight";
-
-/// One trainable tensor and its optimiser state.
-pub struct Param {
-    pub name: String,
-    pub var: Var,
-    /// Decoupled weight decay applies (matrices; open_clip's rule `ndim >= 2`).
-    pub decay: bool,
-    pub lr_mult: f64,
-    m: Tensor,
-    v: Tensor,
-}
 
 /// A batch on the host, ready to become tensors.
 pub struct Batch {
@@ -356,51 +339,35 @@ impl Trainer {
         let (b1, b2) = (t.betas[0], t.betas[1]);
         let k = (self.step + 1) as i32;
         let (c1, c2) = (1.0 - b1.powi(k), 1.0 - b2.powi(k));
-        let cpu = self.device.is_cpu();
-        let mut updates = Vec::with_capacity(self.params.len());
+        // Check before touching anything: a non-finite gradient leaves the weights unchanged.
         for p in &self.params {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                let s = g.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+                if !s.is_finite() {
+                    bail!(
+                        "a gradient became non-finite at step {} (lower train.lr or resume from the last checkpoint)",
+                        self.step + 1
+                    );
+                }
+            }
+        }
+        let cpu = self.device.is_cpu();
+        for p in self.params.iter_mut() {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
-            let lr_p = lr * p.lr_mult;
-            let wd = if p.decay { t.weight_decay } else { 0.0 };
             let h = AdamHyper {
-                lr: lr_p,
+                lr: lr * p.lr_mult,
                 b1,
                 b2,
                 c1,
                 c2,
                 eps: t.eps,
-                wd,
+                wd: if p.decay { t.weight_decay } else { 0.0 },
             };
-            updates.push(if cpu {
-                adamw_cpu(p.var.as_tensor(), g, &p.m, &p.v, h)?
-            } else {
-                adamw_tensor(p.var.as_tensor(), g, &p.m, &p.v, h)?
-            });
-        }
-        // Check before touching anything: a non-finite update leaves the weights unchanged.
-        for (_, _, w) in &updates {
-            let s = w.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            if !s.is_finite() {
-                bail!(
-                    "a gradient became non-finite at step {} (lower train.lr or resume from the last checkpoint)",
-                    self.step + 1
-                );
-            }
-        }
-        let mut it = updates.into_iter();
-        for p in self.params.iter_mut() {
-            if grads.get(p.var.as_tensor()).is_none() {
-                continue;
-            }
-            let (m, v, w) = it.next().expect("one update per parameter with a gradient");
-            p.m = m;
-            p.v = v;
+            p.update(g, h, cpu)?;
             if p.name == "logit_scale" || p.name == PATCH_SCALE {
-                p.var.set(&w.clamp(0.0, LOGIT_SCALE_MAX)?)?;
-            } else {
-                p.var.set(&w)?;
+                p.var.set(&p.var.as_tensor().clamp(0.0, LOGIT_SCALE_MAX)?)?;
             }
         }
         self.step += 1;
@@ -410,6 +377,30 @@ impl Trainer {
             patch,
             state,
         })
+    }
+
+    /// Save a resumable checkpoint: `DIR/checkpoint.safetensors` (weights and AdamW moments, f32)
+    /// and `DIR/checkpoint.json` (step, configuration), each written atomically, JSON last.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        checkpoint::save(dir, &self.params, self.step, &self.cfg)
+    }
+
+    /// Resume from `DIR/checkpoint.*`. The checkpoint's architecture must equal `cfg.model`
+    /// (errors name the file and the first tensor or key that differs).
+    pub fn resume(cfg: PretrainConfig, device: Device, dir: &Path) -> Result<Self> {
+        let saved = checkpoint::read(dir, &cfg)?;
+        let spath = dir.join("checkpoint.safetensors");
+        let mut tr = Self::from_tensors(cfg, device, saved.params, Some(&saved.all))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", spath.display()))?;
+        tr.step = saved.step;
+        Ok(tr)
+    }
+
+    /// The trained weights as a compact file: f16 safetensors (`NAME.safetensors`) plus the
+    /// configuration and provenance (`NAME.json`).
+    pub fn export(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
+        let model = self.current_model()?;
+        checkpoint::export(dir, &self.params, &self.cfg, self.step, &model, provenance)
     }
 
     /// Names of parameters the last loss gives no gradient to (should be none).
@@ -429,271 +420,6 @@ impl Trainer {
         }
         Ok(out)
     }
-
-    /// Save a resumable checkpoint: `DIR/checkpoint.safetensors` (weights and AdamW moments, f32)
-    /// and `DIR/checkpoint.json` (step, configuration), each written atomically, JSON last.
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-        let mut t = HashMap::new();
-        for p in &self.params {
-            t.insert(
-                format!("param/{}", p.name),
-                p.var.as_tensor().to_device(&Device::Cpu)?,
-            );
-            t.insert(format!("adam_m/{}", p.name), p.m.to_device(&Device::Cpu)?);
-            t.insert(format!("adam_v/{}", p.name), p.v.to_device(&Device::Cpu)?);
-        }
-        let st = dir.join("checkpoint.safetensors");
-        write_atomic_with(&st, |tmp| candle_core::safetensors::save(&t, tmp))?;
-        let meta = serde_json::json!({
-            "format": "vcp-pretrain-checkpoint/1",
-            "step": self.step,
-            "corpus_version": corpus::CORPUS_VERSION,
-            "config": self.cfg,
-        });
-        write_atomic(
-            &dir.join("checkpoint.json"),
-            serde_json::to_string_pretty(&meta)?.as_bytes(),
-        )?;
-        Ok(())
-    }
-
-    /// Resume from `DIR/checkpoint.*`. The checkpoint's architecture must equal `cfg.model`
-    /// (errors name the file and the first tensor or key that differs).
-    pub fn resume(cfg: PretrainConfig, device: Device, dir: &Path) -> Result<Self> {
-        let jpath = dir.join("checkpoint.json");
-        let spath = dir.join("checkpoint.safetensors");
-        if !jpath.exists() {
-            bail!("{}: no checkpoint to resume from", jpath.display());
-        }
-        let text = vcp_data::io::read_regular_string(&jpath, 16 << 20)?;
-        let meta: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: not a checkpoint ({e})", jpath.display()))?;
-        if meta.get("format").and_then(|f| f.as_str()) != Some("vcp-pretrain-checkpoint/1") {
-            bail!("{}: not a vcp pretraining checkpoint", jpath.display());
-        }
-        let step = meta
-            .get("step")
-            .and_then(|s| s.as_u64())
-            .with_context(|| format!("{}: `step` missing", jpath.display()))?
-            as usize;
-        let saved: PretrainConfig = serde_json::from_value(
-            meta.get("config")
-                .cloned()
-                .with_context(|| format!("{}: `config` missing", jpath.display()))?,
-        )
-        .map_err(|e| anyhow::anyhow!("{}: config: {e}", jpath.display()))?;
-        if saved.model != cfg.model {
-            bail!(
-                "{}: the checkpoint is of another architecture than `model` in the config ({})",
-                jpath.display(),
-                first_difference(&saved.model, &cfg.model)
-            );
-        }
-        let all = read_safetensors(&spath)?;
-        let mut params = HashMap::new();
-        for (k, t) in &all {
-            if let Some(n) = k.strip_prefix("param/") {
-                params.insert(n.to_string(), t.clone());
-            }
-        }
-        // Strictly the architecture's tensors, with their shapes.
-        let mut clip_part = params.clone();
-        let extra = clip_part.remove(PATCH_SCALE);
-        if extra.is_some() != cfg.objective.is_some() {
-            bail!(
-                "{}: the checkpoint was trained {} an [objective]; the config has {}",
-                spath.display(),
-                if extra.is_some() { "with" } else { "without" },
-                if cfg.objective.is_some() {
-                    "one"
-                } else {
-                    "none"
-                }
-            );
-        }
-        ClipWeights::from_tensors(cfg.model_after(step), clip_part)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", spath.display()))?;
-        for (name, t) in &params {
-            for moment in ["adam_m", "adam_v"] {
-                if let Some(m) = all.get(&format!("{moment}/{name}")) {
-                    if m.dims() != t.dims() {
-                        bail!(
-                            "{}: `{moment}/{name}` has shape {:?}, its parameter {:?}",
-                            spath.display(),
-                            m.dims(),
-                            t.dims()
-                        );
-                    }
-                }
-            }
-        }
-        let mut tr = Self::from_tensors(cfg, device, params, Some(&all))
-            .map_err(|e| anyhow::anyhow!("{}: {e}", spath.display()))?;
-        tr.step = step;
-        Ok(tr)
-    }
-
-    /// The trained weights as a compact file: f16 safetensors (`NAME.safetensors`) plus the
-    /// configuration and provenance (`NAME.json`).
-    pub fn export(&self, dir: &Path, provenance: serde_json::Value) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-        let name = &self.cfg.name;
-        let mut t = HashMap::new();
-        for p in self.params.iter().filter(|p| p.name != PATCH_SCALE) {
-            t.insert(
-                p.name.clone(),
-                p.var
-                    .as_tensor()
-                    .to_device(&Device::Cpu)?
-                    .to_dtype(DType::F16)?,
-            );
-        }
-        let st = dir.join(format!("{name}.safetensors"));
-        write_atomic_with(&st, |tmp| candle_core::safetensors::save(&t, tmp))?;
-        // The numbers a user can check: computed here from the exported (f16) file exactly as
-        // `card_check` recomputes them from the embedded preset.
-        let model = self.current_model()?;
-        let exported = load_exported(&st, &model)?;
-        let check = card_check(&exported, self.cfg.corpus.seed)?;
-        let meta = serde_json::json!({
-            "name": name,
-            "config": model,
-            "steps": self.step,
-            "corpus_version": corpus::CORPUS_VERSION,
-            "corpus_seed": self.cfg.corpus.seed,
-            "card_check": check,
-            "provenance": provenance,
-        });
-        write_atomic(
-            &dir.join(format!("{name}.json")),
-            serde_json::to_string_pretty(&meta)?.as_bytes(),
-        )?;
-        Ok(())
-    }
-}
-
-/// All tensors of a safetensors file on the CPU; errors name the file on one line.
-fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot read ({})",
-            path.display(),
-            e.to_string().lines().next().unwrap_or("")
-        )
-    })
-}
-
-/// Read an exported `NAME.safetensors` (f16) back as f32 weights of `model`.
-pub fn load_exported(path: &Path, model: &vcp_clip::ClipConfig) -> Result<ClipWeights> {
-    let raw = read_safetensors(path)?;
-    let t = raw
-        .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
-        .collect::<Result<HashMap<_, _>>>()?;
-    ClipWeights::from_tensors(model.clone(), t)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-}
-
-/// AdamW hyper-parameters of one update (bias corrections `c1 = 1 - b1^t`, `c2 = 1 - b2^t`).
-#[derive(Clone, Copy)]
-pub struct AdamHyper {
-    pub lr: f64,
-    pub b1: f64,
-    pub b2: f64,
-    pub c1: f64,
-    pub c2: f64,
-    pub eps: f64,
-    pub wd: f64,
-}
-
-/// AdamW (decoupled decay, PyTorch's `torch.optim.AdamW` order: decay, then the Adam step)
-/// with tensor ops: any device.
-pub fn adamw_tensor(
-    w: &Tensor,
-    g: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    h: AdamHyper,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let m = ((m * h.b1)? + (g * (1.0 - h.b1))?)?;
-    let v = ((v * h.b2)? + (g.sqr()? * (1.0 - h.b2))?)?;
-    let denom = ((&v / h.c2)?.sqrt()? + h.eps)?;
-    let step = ((&m / h.c1)? / denom)?;
-    let w = (w.detach() * (1.0 - h.lr * h.wd))?;
-    let w = (w - (step * h.lr)?)?;
-    Ok((m, v, w))
-}
-
-/// The same update fused into one pass over host memory, in parallel: on the CPU the
-/// tensor version's ten element-wise ops (each a single-threaded pass allocating a fresh
-/// buffer) cost more than the rest of a small model's step (measured: 0.5-0.9 s of a 2.5 s
-/// step, for the 49408-row token table).
-pub fn adamw_cpu(
-    w: &Tensor,
-    g: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-    h: AdamHyper,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    use rayon::prelude::*;
-    let shape = w.shape().clone();
-    let mut wv = w.flatten_all()?.to_vec1::<f32>()?;
-    let gv = g.flatten_all()?.to_vec1::<f32>()?;
-    let mut mv = m.flatten_all()?.to_vec1::<f32>()?;
-    let mut vv = v.flatten_all()?.to_vec1::<f32>()?;
-    let (b1, b2) = (h.b1 as f32, h.b2 as f32);
-    let (ic1, ic2) = (1.0 / h.c1 as f32, 1.0 / h.c2 as f32);
-    let (lr, eps, decay) = (h.lr as f32, h.eps as f32, (1.0 - h.lr * h.wd) as f32);
-    wv.par_chunks_mut(1 << 14)
-        .zip(mv.par_chunks_mut(1 << 14))
-        .zip(vv.par_chunks_mut(1 << 14))
-        .zip(gv.par_chunks(1 << 14))
-        .for_each(|(((w, m), v), g)| {
-            for i in 0..w.len() {
-                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                w[i] = w[i] * decay - lr * (m[i] * ic1) / ((v[i] * ic2).sqrt() + eps);
-            }
-        });
-    let dev = w.device();
-    Ok((
-        Tensor::from_vec(mv, shape.clone(), dev)?,
-        Tensor::from_vec(vv, shape.clone(), dev)?,
-        Tensor::from_vec(wv, shape, dev)?,
-    ))
-}
-
-fn first_difference(a: &vcp_clip::ClipConfig, b: &vcp_clip::ClipConfig) -> String {
-    let (ja, jb) = (
-        serde_json::to_value(a).unwrap_or_default(),
-        serde_json::to_value(b).unwrap_or_default(),
-    );
-    for sec in ["vision", "text"] {
-        if let (Some(x), Some(y)) = (
-            ja.get(sec).and_then(|v| v.as_object()),
-            jb.get(sec).and_then(|v| v.as_object()),
-        ) {
-            for (k, v) in x {
-                if y.get(k) != Some(v) {
-                    return format!(
-                        "model.{sec}.{k}: checkpoint {v}, config {}",
-                        y.get(k).cloned().unwrap_or_default()
-                    );
-                }
-            }
-        }
-    }
-    for k in ["embed_dim", "activation"] {
-        if ja.get(k) != jb.get(k) {
-            return format!(
-                "model.{k}: checkpoint {}, config {}",
-                ja.get(k).cloned().unwrap_or_default(),
-                jb.get(k).cloned().unwrap_or_default()
-            );
-        }
-    }
-    "model differs".into()
 }
 
 pub fn make_batch(cfg: &PretrainConfig, tok: &Tokenizer, step: usize) -> Result<Batch> {
@@ -726,51 +452,4 @@ struct Embedded {
     captions: Tensor,
     patches: Option<Tensor>,
     prompts: Option<Tensor>,
-}
-
-/// Warm-start tensors from `weights` (`tiny_pretrained` or an exported `.safetensors` with its
-/// `.json` beside it), checked against `model` (equal but for the vision input size; the
-/// positional embedding is resized to `model`'s).
-fn warm_start(weights: &str, model: &vcp_clip::ClipConfig) -> Result<HashMap<String, Tensor>> {
-    let w = if weights == vcp_clip::pretrained::TINY_PRETRAINED {
-        vcp_clip::pretrained::tiny_pretrained(&Device::Cpu)?
-    } else {
-        let path = Path::new(weights);
-        let json = path.with_extension("json");
-        let text = vcp_data::io::read_regular_string(&json, 16 << 20).with_context(|| {
-            format!(
-                "init.weights: {} (the configuration exported beside the weights)",
-                json.display()
-            )
-        })?;
-        let meta: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
-        let cfg: vcp_clip::ClipConfig = serde_json::from_value(
-            meta.get("config")
-                .cloned()
-                .with_context(|| format!("{}: no `config`", json.display()))?,
-        )
-        .map_err(|e| anyhow::anyhow!("{}: config: {e}", json.display()))?;
-        cfg.validate()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", json.display()))?;
-        load_exported(path, &cfg)?
-    };
-    let mut same = w.config.clone();
-    same.vision.image_size = model.vision.image_size;
-    if &same != model {
-        bail!(
-            "init.weights `{weights}` is of another architecture than `model` ({})",
-            first_difference(&same, model)
-        );
-    }
-    let mut t: HashMap<String, Tensor> = w.tensors().clone();
-    let (g0, g1) = (w.config.vision.native_grid(), model.vision.native_grid());
-    if g0 != g1 {
-        let pos = t
-            .get(VISION_POS)
-            .context("no vision positional embedding")?;
-        let r = vcp_clip::resize_pos_embed(pos, g0, g1)?;
-        t.insert(VISION_POS.into(), r);
-    }
-    Ok(t)
 }

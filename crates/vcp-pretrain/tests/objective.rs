@@ -456,7 +456,7 @@ fn warm_start_and_a_final_phase_at_another_size() {
     let c2 = PretrainConfig::from_toml(&text, Path::new("phase2.toml")).unwrap();
     let mut b = Trainer::new(c2.clone(), Device::Cpu).unwrap();
     // The warm start is the exported model (f16-rounded), not a random init.
-    let w_export = vcp_pretrain::trainer::load_exported(&file, &cfg().model).unwrap();
+    let w_export = vcp_pretrain::checkpoint::load_exported(&file, &cfg().model).unwrap();
     let q = "vision_model.encoder.layers.0.self_attn.q_proj.weight";
     let wb = b
         .params

@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use std::path::Path;
-use vcp_pretrain::trainer::{adamw_cpu, adamw_tensor, AdamHyper, LOGIT_SCALE_MAX};
+use vcp_pretrain::optim::{adamw_cpu_in_place, adamw_tensor, AdamHyper};
+use vcp_pretrain::trainer::LOGIT_SCALE_MAX;
 use vcp_pretrain::{clip_loss, PretrainConfig, Trainer};
 
 const TINY: &str = r#"
@@ -104,8 +105,11 @@ fn adamw_matches_hand_computation_on_both_paths() {
     };
     let t = |x: &[f32]| Tensor::new(x, &Device::Cpu).unwrap();
     let (tw, tg, tm, tv) = (t(&w), t(&g), t(&m), t(&v));
+    // In place: the weights and moments are updated where they are.
+    let (iw, im, iv) = (t(&w), t(&m), t(&v));
+    adamw_cpu_in_place(&iw, &tg, &im, &iv, h).unwrap();
     for (name, (m2, v2, w2)) in [
-        ("cpu", adamw_cpu(&tw, &tg, &tm, &tv, h).unwrap()),
+        ("cpu in place", (im, iv, iw)),
         ("tensor", adamw_tensor(&tw, &tg, &tm, &tv, h).unwrap()),
     ] {
         let (m2, v2, w2) = (

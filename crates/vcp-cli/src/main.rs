@@ -8,6 +8,7 @@ macro_rules! outln {
     };
 }
 
+mod allocator;
 mod args;
 mod cmd_ablate;
 mod cmd_bench;
@@ -78,6 +79,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, before anything allocates much or starts a thread (see allocator.rs).
+    allocator::tune();
     let cli = Cli::parse();
     // Built once, here, and handed to every command that reads a model configuration.
     let reg = components::registry();

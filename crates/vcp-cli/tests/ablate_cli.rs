@@ -321,6 +321,19 @@ fn sigint_stops_cleanly_and_a_rerun_completes() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
+    // The process the test started is the one running, with the allocator's thresholds raised
+    // (it re-executed itself in place: same pid, crates/vcp-cli/src/allocator.rs).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let env = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+        let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
+        for want in [
+            &b"MALLOC_MMAP_THRESHOLD_=1073741824"[..],
+            &b"MALLOC_TRIM_THRESHOLD_=4294967296"[..],
+        ] {
+            assert!(vars.contains(&want), "{}", String::from_utf8_lossy(want));
+        }
+    }
     let st = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

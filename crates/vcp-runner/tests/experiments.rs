@@ -8,6 +8,13 @@ fn reg() -> vcp_model::Registry {
     vcp_model::standard_registry().with(vcp_example_refiner::register)
 }
 
+/// The one-line error of a plain experiment file `text` named `exp.toml` (it must not load).
+fn config_error(text: &str) -> String {
+    vcp_runner::config::ExperimentConfig::from_toml(&reg(), text, std::path::Path::new("exp.toml"))
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn every_ablation_file_expands() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
@@ -306,13 +313,7 @@ fn unknown_keys_are_reported_at_their_own_line_in_the_users_file() {
     let bad = base.replacen("\nsigma = ", "\nsigmaa = 2.0\nsigma = ", 1);
     assert_ne!(bad, base, "the base file has a `sigma` line");
     let line = bad.lines().position(|l| l.starts_with("sigmaa")).unwrap() + 1;
-    let e = vcp_runner::config::ExperimentConfig::from_toml(
-        &reg(),
-        &bad,
-        std::path::Path::new("exp.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = config_error(&bad);
     assert!(
         e.contains(&format!("(line {line})")) && e.contains("sigmaa"),
         "{e} (want line {line})"
@@ -529,13 +530,7 @@ fn run_settings_are_bounded_at_load_time_and_special_files_refused() {
         .position(|l| l.contains("batch_size = 0"))
         .unwrap()
         + 1;
-    let e = vcp_runner::config::ExperimentConfig::from_toml(
-        &reg(),
-        &bad,
-        std::path::Path::new("exp.toml"),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = config_error(&bad);
     assert!(
         e.contains("batch_size = 0") && e.contains(&format!("(line {line})")),
         "{e} (want line {line})"

@@ -29,7 +29,7 @@ pub fn set_enabled(on: bool) {
 }
 
 /// Whether the fused kernels apply: switched on, every tensor f32 on the CPU.
-fn usable(ts: &[&Tensor]) -> bool {
+pub(crate) fn usable(ts: &[&Tensor]) -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed)
         && ts
             .iter()
@@ -573,4 +573,54 @@ pub fn linear_2d(x: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> CResul
             weight_t: weight_t.clone(),
         },
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernels without a graph node, for callers that form the backward themselves
+// (`crate::fused_block`). Inputs must be contiguous f32 on the CPU.
+
+/// Plain kernels (no autograd node): the forward and backward passes of the ops above.
+pub(crate) mod plain {
+    use super::*;
+
+    /// LayerNorm over the last dimension.
+    pub fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> CResult<Tensor> {
+        x.apply_op3_no_bwd(g, b, &LayerNormOp { eps: eps as f32 })
+    }
+
+    /// The input's gradient of LayerNorm.
+    pub fn layer_norm_grad_x(x: &Tensor, g: &Tensor, dy: &Tensor, eps: f64) -> CResult<Tensor> {
+        x.apply_op3_no_bwd(g, dy, &LayerNormGradX { eps: eps as f32 })
+    }
+
+    /// `[dgamma; dbeta]`, shape `[2, D]`.
+    pub fn layer_norm_grad_gain(x: &Tensor, dy: &Tensor, eps: f64) -> CResult<Tensor> {
+        x.apply_op2_no_bwd(dy, &LayerNormGradGain { eps: eps as f32 })
+    }
+
+    pub fn softmax_last(x: &Tensor) -> CResult<Tensor> {
+        x.apply_op1_no_bwd(&SoftmaxOp)
+    }
+
+    /// The softmax input's gradient from the softmax output `y` and `dy`.
+    pub fn softmax_grad(y: &Tensor, dy: &Tensor) -> CResult<Tensor> {
+        y.apply_op2_no_bwd(dy, &SoftmaxGrad)
+    }
+
+    pub fn quick_gelu(x: &Tensor) -> CResult<Tensor> {
+        x.apply_op1_no_bwd(&QuickGeluOp)
+    }
+
+    pub fn quick_gelu_grad(x: &Tensor, dy: &Tensor) -> CResult<Tensor> {
+        x.apply_op2_no_bwd(dy, &QuickGeluGrad)
+    }
+
+    pub fn add_bias(x: &Tensor, b: &Tensor) -> CResult<Tensor> {
+        x.apply_op2_no_bwd(b, &AddBiasOp)
+    }
+
+    /// Sum over every dimension but the last.
+    pub fn sum_rows(x: &Tensor) -> CResult<Tensor> {
+        x.apply_op1_no_bwd(&SumRows)
+    }
 }

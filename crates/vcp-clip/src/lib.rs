@@ -15,6 +15,7 @@ pub mod block;
 pub mod config;
 pub mod error;
 pub mod fused;
+pub mod fused_block;
 pub mod model;
 pub mod pickle_guard;
 pub mod preprocess;

@@ -178,10 +178,7 @@ pub fn forward(block: &Block, x: &Tensor, mask: Option<&Tensor>) -> Result<Optio
         dims,
     };
     let out = if train_params {
-        let flat: Vec<Tensor> = ps
-            .iter()
-            .map(|t| t.flatten_all())
-            .collect::<CResult<_>>()?;
+        let flat: Vec<Tensor> = ps.iter().map(|t| t.flatten_all()).collect::<CResult<_>>()?;
         let packed = Tensor::cat(&flat, 0)?;
         x.apply_op2(&packed, op)?
     } else {
@@ -201,8 +198,12 @@ fn run_forward(
     let x = x.reshape((r, w))?;
     // Attention, exactly as `Attention::forward_scores` composes it.
     let h1 = plain::layer_norm(&x, &p.g1, &p.b1, d.eps1)?;
-    let qkv = plain::add_bias(&h1.matmul(&p.wqkv_t)?, &p.bqkv)?; // [R, 3W]
-    let qkv = qkv.reshape((b, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?; // [3, B, H, N, hd]
+    // Bias and residual adds go in place into fresh matmul outputs (same sums, no copy).
+    let qkv = h1.matmul(&p.wqkv_t)?; // [R, 3W]
+    plain::add_in_place(&qkv, &p.bqkv)?;
+    let qkv = qkv
+        .reshape((b, n, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, hd]
     let q = qkv.get(0)?.contiguous()?;
     let k = qkv.get(1)?.contiguous()?;
     let v = qkv.get(2)?.contiguous()?;
@@ -213,13 +214,16 @@ fn run_forward(
     }
     let pr = plain::softmax_last(&s)?;
     let o = pr.matmul(&v)?.transpose(1, 2)?.reshape((r, w))?; // [R, W]
-    let attn = plain::add_bias(&o.matmul(&p.wo_t)?, &p.bo)?;
-    let x2 = (&x + attn)?;
-    // MLP, as `Block::mlp_residual`.
+    let x2 = o.matmul(&p.wo_t)?;
+    plain::add_in_place(&x2, &p.bo)?;
+    plain::add_in_place(&x2, &x)?; // x2 = x + attn
+                                   // MLP, as `Block::mlp_residual`.
     let h2 = plain::layer_norm(&x2, &p.g2, &p.b2, d.eps2)?;
-    let u = plain::add_bias(&h2.matmul(&p.w1_t)?, &p.bf1)?; // [R, M]
+    let u = h2.matmul(&p.w1_t)?; // [R, M]
+    plain::add_in_place(&u, &p.bf1)?;
     let g = plain::quick_gelu(&u)?;
-    let m = plain::add_bias(&g.matmul(&p.w2_t)?, &p.bf2)?;
+    let m = g.matmul(&p.w2_t)?;
+    plain::add_in_place(&m, &p.bf2)?;
     let y = add_into_vec(&x2, &m)?;
     let cache = Cache {
         x,
@@ -253,7 +257,8 @@ fn run_backward(
     let dg = dy.matmul(&p.w2_t.t()?)?;
     let du = plain::quick_gelu_grad(&c.u, &dg)?;
     let dh2 = du.matmul(&p.w1_t.t()?)?;
-    let dx2 = (&dy + plain::layer_norm_grad_x(&c.x2, &p.g2, &dh2, d.eps2)?)?;
+    let dx2 = plain::layer_norm_grad_x(&c.x2, &p.g2, &dh2, d.eps2)?;
+    plain::add_in_place(&dx2, &dy)?;
     // Attention: x2 = x + out(merge(softmax(a k^T + mask) v)).
     let d_o = dx2.matmul(&p.wo_t.t()?)?; // [R, W]
     let d_o4 = d_o
@@ -271,7 +276,8 @@ fn run_backward(
         .contiguous()?
         .reshape((r, 3 * w))?;
     let dh1 = dqkv.matmul(&p.wqkv_t.t()?)?;
-    let dx = (&dx2 + plain::layer_norm_grad_x(&c.x, &p.g1, &dh1, d.eps1)?)?;
+    let dx = plain::layer_norm_grad_x(&c.x, &p.g1, &dh1, d.eps1)?;
+    plain::add_in_place(&dx, &dx2)?;
     let dx = dx.reshape((b, n, w))?;
     if !params_too {
         return Ok((dx, None));
@@ -306,10 +312,14 @@ fn add_into_vec(a: &Tensor, b: &Tensor) -> CResult<Vec<f32>> {
     let (Storage::Cpu(ca), Storage::Cpu(cb)) = (&*sa, &*sb) else {
         candle_core::bail!("fused block: tensors are not on the CPU")
     };
-    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets()) else {
+    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets())
+    else {
         candle_core::bail!("fused block: tensors are not contiguous")
     };
-    let (xa, xb) = (&ca.as_slice::<f32>()?[a0..a1], &cb.as_slice::<f32>()?[b0..b1]);
+    let (xa, xb) = (
+        &ca.as_slice::<f32>()?[a0..a1],
+        &cb.as_slice::<f32>()?[b0..b1],
+    );
     let mut out = Vec::with_capacity(xa.len());
     xa.par_iter()
         .zip(xb.par_iter())
@@ -339,7 +349,9 @@ impl BlockOp {
             Some(y) if y.len() == l.shape().elem_count() => {
                 Ok((CpuStorage::F32(y), l.shape().clone()))
             }
-            _ => candle_core::bail!("fused block: the forward ran once already or on another input"),
+            _ => {
+                candle_core::bail!("fused block: the forward ran once already or on another input")
+            }
         }
     }
 }

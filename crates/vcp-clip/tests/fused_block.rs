@@ -67,7 +67,13 @@ fn block_and_weights(
 
 fn causal(n: usize) -> Tensor {
     let v: Vec<f32> = (0..n * n)
-        .map(|i| if i % n > i / n { f32::NEG_INFINITY } else { 0.0 })
+        .map(|i| {
+            if i % n > i / n {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
         .collect();
     Tensor::from_vec(v, (n, n), &Device::Cpu).unwrap()
 }
@@ -112,20 +118,32 @@ fn check_against_composition(bsz: usize, n: usize, w: usize, heads: usize, m: us
     let mask = masked.then(|| causal(n));
     let ctx = format!("B={bsz} N={n} W={w} H={heads} M={m} masked={masked}");
 
-    let y1 = b.forward(&x, mask.as_ref(), Kernels::Differentiable).unwrap();
+    let y1 = b
+        .forward(&x, mask.as_ref(), Kernels::Differentiable)
+        .unwrap();
     let y0 = b
         .forward_composed(&x, mask.as_ref(), Kernels::Differentiable, Scores::QueryKey)
         .unwrap();
-    assert!(rel(&y1, &y0) < 1e-6, "{ctx}: outputs differ by {}", rel(&y1, &y0));
+    assert!(
+        rel(&y1, &y0) < 1e-6,
+        "{ctx}: outputs differ by {}",
+        rel(&y1, &y0)
+    );
 
     let g1 = loss(&b, &x, &r, mask.as_ref(), true).backward().unwrap();
     let g0 = loss(&b, &x, &r, mask.as_ref(), false).backward().unwrap();
     let dx1 = g1.get(x.as_tensor()).expect("dx, one op");
     let dx0 = g0.get(x.as_tensor()).expect("dx, composed");
-    assert!(rel(dx1, dx0) < 1e-5, "{ctx}: dx differs by {}", rel(dx1, dx0));
+    assert!(
+        rel(dx1, dx0) < 1e-5,
+        "{ctx}: dx differs by {}",
+        rel(dx1, dx0)
+    );
     assert!(vars.len() == 16, "{ctx}: {} block tensors", vars.len());
     for (name, v) in &vars {
-        let a = g1.get(v.as_tensor()).unwrap_or_else(|| panic!("{ctx}: no gradient for {name}"));
+        let a = g1
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{ctx}: no gradient for {name}"));
         let e = g0.get(v.as_tensor()).unwrap();
         // The key bias: softmax is invariant to it, its true gradient is 0 and both sides
         // hold rounding noise; compare it in absolute terms.
@@ -157,7 +175,10 @@ fn frozen_weights_give_the_input_gradient_alone_and_the_same_values() {
     let mask = causal(7);
     let g1 = loss(&b, &x, &r, Some(&mask), true).backward().unwrap();
     let g0 = loss(&b, &x, &r, Some(&mask), false).backward().unwrap();
-    let (dx1, dx0) = (g1.get(x.as_tensor()).unwrap(), g0.get(x.as_tensor()).unwrap());
+    let (dx1, dx0) = (
+        g1.get(x.as_tensor()).unwrap(),
+        g0.get(x.as_tensor()).unwrap(),
+    );
     assert!(rel(dx1, dx0) < 1e-5, "dx differs by {}", rel(dx1, dx0));
     // The gradient store holds the input and the loss's own nodes, nothing of the block's
     // weights (plain tensors): one op (mul, sum, block) fewer than the composed graph's.
@@ -169,7 +190,9 @@ fn frozen_weights_give_the_input_gradient_alone_and_the_same_values() {
     );
     // Nothing to differentiate: the same output, no graph.
     let xp = x.as_tensor().detach();
-    let y1 = b.forward(&xp, Some(&mask), Kernels::Differentiable).unwrap();
+    let y1 = b
+        .forward(&xp, Some(&mask), Kernels::Differentiable)
+        .unwrap();
     let y0 = b
         .forward_composed(&xp, Some(&mask), Kernels::Differentiable, Scores::QueryKey)
         .unwrap();
@@ -189,8 +212,17 @@ fn gradients_match_finite_differences() {
     let grads = loss(&b, &x, &r, Some(&mask), true).backward().unwrap();
     drop(b);
     let mut checked = vec![("input".to_string(), x.clone())];
-    for want in ["self_attn.q_proj.weight", "mlp.fc1.bias", "layer_norm2.weight"] {
-        checked.push(vars.iter().find(|(k, _)| k.ends_with(want)).unwrap().clone());
+    for want in [
+        "self_attn.q_proj.weight",
+        "mlp.fc1.bias",
+        "layer_norm2.weight",
+    ] {
+        checked.push(
+            vars.iter()
+                .find(|(k, _)| k.ends_with(want))
+                .unwrap()
+                .clone(),
+        );
     }
     for (i, (name, v)) in checked.iter().enumerate() {
         let g = grads.get(v.as_tensor()).unwrap();

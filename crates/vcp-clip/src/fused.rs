@@ -57,7 +57,7 @@ fn rows_per_task(row_len: usize) -> usize {
 /// The loops inside are auto-vectorised 8 or 16 wide instead of 4. Same results to the bit:
 /// Rust never contracts `a * b + c` into an FMA nor reorders float sums.
 #[inline(always)]
-pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 

@@ -200,9 +200,11 @@ def main():
                      f"| {tm / vm:.2f}x | {tm / pm:.2f}x |")
     lines += [
         "",
-        "`vcp` runs the fused CPU kernels with analytic backward (`vcp_clip::fused`: LayerNorm, softmax, "
-        "QuickGELU, bias add; rows split over threads); the composed column is the same binary with "
-        "`--plain-kernels` (candle 0.11's generic ops, what ran before). AdamW updates weights and moments in "
+        "`vcp` runs each transformer block as one autograd node with a hand-written backward "
+        "(`vcp_clip::fused_block`) and the fused CPU kernels with analytic backward (`vcp_clip::fused`: "
+        "LayerNorm, softmax, QuickGELU, bias add; rows split over threads, AVX2/FMA chosen at run time); the "
+        "composed column is the same binary with `--plain-kernels` (candle 0.11's generic ops and autograd, what "
+        "ran before this work). AdamW updates weights and moments in "
         "place on the CPU (`vcp_pretrain::optim`). `vcp` re-executes itself once at start with glibc's mmap "
         "and trim thresholds raised, so that freed tensors are reused instead of returned to the kernel and "
         "faulted in again (`crates/vcp-cli/src/allocator.rs`); the allocator-defaults columns run with "

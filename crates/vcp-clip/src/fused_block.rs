@@ -90,12 +90,8 @@ struct Cache {
     x: Tensor,
     /// `[R, W]` `ln_1(x)`.
     h1: Tensor,
-    /// `[B, H, N, hd]` queries already scaled by `hd^-0.5`, keys, values.
-    a: Tensor,
-    k: Tensor,
-    v: Tensor,
-    /// `[B, H, N, N]` attention weights.
-    p: Tensor,
+    /// The attention core of each chunk of samples (see [`sample_chunks`]).
+    attn: Vec<AttnCache>,
     /// `[R, W]` heads merged, before the output projection.
     o: Tensor,
     /// `[R, W]` the residual stream after attention.
@@ -104,6 +100,19 @@ struct Cache {
     h2: Tensor,
     u: Tensor,
     g: Tensor,
+}
+
+/// The attention core's tensors for samples `lo..hi` (`Bc` of them).
+#[derive(Clone)]
+struct AttnCache {
+    lo: usize,
+    hi: usize,
+    /// `[Bc, H, N, hd]` queries already scaled by `hd^-0.5`, keys, values.
+    a: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// `[Bc, H, N, N]` attention weights.
+    p: Tensor,
 }
 
 /// Shape and constants of one call.
@@ -194,26 +203,21 @@ fn run_forward(
     x: &Tensor,
     mask: Option<&Tensor>,
 ) -> CResult<(Vec<f32>, Cache)> {
-    let (b, n, w, heads, hd, r) = (d.b, d.n, d.w, d.heads, d.hd(), d.rows());
+    let (b, w, r) = (d.b, d.w, d.rows());
     let x = x.reshape((r, w))?;
     // Attention, exactly as `Attention::forward_scores` composes it.
     let h1 = plain::layer_norm(&x, &p.g1, &p.b1, d.eps1)?;
     // Bias and residual adds go in place into fresh matmul outputs (same sums, no copy).
     let qkv = h1.matmul(&p.wqkv_t)?; // [R, 3W]
     plain::add_in_place(&qkv, &p.bqkv)?;
-    let qkv = qkv
-        .reshape((b, n, 3, heads, hd))?
-        .permute((2, 0, 3, 1, 4))?; // [3, B, H, N, hd]
-    let q = qkv.get(0)?.contiguous()?;
-    let k = qkv.get(1)?.contiguous()?;
-    let v = qkv.get(2)?.contiguous()?;
-    let a = (q * d.scale())?;
-    let mut s = a.matmul(&k.t()?)?; // [B, H, N, N]
-    if let Some(m) = mask {
-        s = s.broadcast_add(m)?;
-    }
-    let pr = plain::softmax_last(&s)?;
-    let o = pr.matmul(&v)?.transpose(1, 2)?.reshape((r, w))?; // [R, W]
+    // The attention core runs per chunk of samples, the chunks in parallel: its matmuls are
+    // one small gemm per (sample, head), which gemm cannot split over threads.
+    let parts = sample_chunks(b)
+        .into_par_iter()
+        .map(|(lo, hi)| attention_core(&qkv, d, lo, hi, mask))
+        .collect::<CResult<Vec<_>>>()?;
+    let (os, attn): (Vec<Tensor>, Vec<AttnCache>) = parts.into_iter().unzip();
+    let o = Tensor::cat(&os, 0)?; // [R, W]
     let x2 = o.matmul(&p.wo_t)?;
     plain::add_in_place(&x2, &p.bo)?;
     plain::add_in_place(&x2, &x)?; // x2 = x + attn
@@ -228,10 +232,7 @@ fn run_forward(
     let cache = Cache {
         x,
         h1,
-        a,
-        k,
-        v,
-        p: pr,
+        attn,
         o,
         x2,
         h2,
@@ -249,7 +250,7 @@ fn run_backward(
     dy: &Tensor,
     params_too: bool,
 ) -> CResult<(Tensor, Option<Tensor>)> {
-    let (b, n, w, heads, hd, r) = (d.b, d.n, d.w, d.heads, d.hd(), d.rows());
+    let (b, n, w, r) = (d.b, d.n, d.w, d.rows());
     let dy = dy.contiguous()?.reshape((r, w))?;
     // Each `lhs.matmul(rhs)` of the forward gives `dlhs = grad.matmul(rhs.t())` and
     // `drhs = lhs.t().matmul(grad)`, as candle's autograd forms them.
@@ -261,20 +262,12 @@ fn run_backward(
     plain::add_in_place(&dx2, &dy)?;
     // Attention: x2 = x + out(merge(softmax(a k^T + mask) v)).
     let d_o = dx2.matmul(&p.wo_t.t()?)?; // [R, W]
-    let d_o4 = d_o
-        .reshape((b, n, heads, hd))?
-        .transpose(1, 2)?
-        .contiguous()?; // [B, H, N, hd]
-    let dp = d_o4.matmul(&c.v.t()?)?; // [B, H, N, N]
-    let dv = c.p.t()?.matmul(&d_o4)?;
-    let ds = plain::softmax_grad(&c.p, &dp)?;
-    let da = ds.matmul(&c.k)?;
-    let dk = ds.t()?.matmul(&c.a)?;
-    let dq = (da * d.scale())?;
-    let dqkv = Tensor::stack(&[&dq, &dk, &dv], 0)? // [3, B, H, N, hd]
-        .permute((1, 3, 0, 2, 4))? // [B, N, 3, H, hd]
-        .contiguous()?
-        .reshape((r, 3 * w))?;
+    let dqkv = c
+        .attn
+        .par_iter()
+        .map(|ac| attention_core_grad(&d_o, ac, d))
+        .collect::<CResult<Vec<_>>>()?;
+    let dqkv = Tensor::cat(&dqkv, 0)?; // [R, 3W]
     let dh1 = dqkv.matmul(&p.wqkv_t.t()?)?;
     let dx = plain::layer_norm_grad_x(&c.x, &p.g1, &dh1, d.eps1)?;
     plain::add_in_place(&dx, &dx2)?;
@@ -303,6 +296,62 @@ fn run_backward(
         .map(|t| t.flatten_all())
         .collect::<CResult<_>>()?;
     Ok((dx, Some(Tensor::cat(&flat, 0)?)))
+}
+
+/// Sample ranges, one per thread: each range's tensors equal the corresponding slices of the
+/// whole batch's to the bit (every gemm of the core is per sample and head), so results do not
+/// depend on the number of threads.
+fn sample_chunks(b: usize) -> Vec<(usize, usize)> {
+    let t = rayon::current_num_threads().clamp(1, b.max(1));
+    (0..t).map(|i| (i * b / t, (i + 1) * b / t)).collect()
+}
+
+/// Softmax attention of samples `lo..hi`, exactly as `Attention::forward_scores` composes it,
+/// from their rows of `qkv` (`[R, 3W]`, biases added); returns their merged heads `[Bc*N, W]`.
+fn attention_core(
+    qkv: &Tensor,
+    d: Dims,
+    lo: usize,
+    hi: usize,
+    mask: Option<&Tensor>,
+) -> CResult<(Tensor, AttnCache)> {
+    let (n, w, heads, hd, bc) = (d.n, d.w, d.heads, d.hd(), hi - lo);
+    let qkv = qkv
+        .narrow(0, lo * n, bc * n)?
+        .reshape((bc, n, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?; // [3, Bc, H, N, hd]
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let a = (q * d.scale())?;
+    let mut s = a.matmul(&k.t()?)?; // [Bc, H, N, N]
+    if let Some(m) = mask {
+        s = s.broadcast_add(m)?;
+    }
+    let p = plain::softmax_last(&s)?;
+    let o = p.matmul(&v)?.transpose(1, 2)?.reshape((bc * n, w))?;
+    Ok((o, AttnCache { lo, hi, a, k, v, p }))
+}
+
+/// The gradient of [`attention_core`]'s `qkv` rows (`[Bc*N, 3W]`) from `d_o` (`[R, W]`, the
+/// whole batch's gradient of the merged heads).
+fn attention_core_grad(d_o: &Tensor, c: &AttnCache, d: Dims) -> CResult<Tensor> {
+    let (n, w, heads, hd, bc) = (d.n, d.w, d.heads, d.hd(), c.hi - c.lo);
+    let d_o4 = d_o
+        .narrow(0, c.lo * n, bc * n)?
+        .reshape((bc, n, heads, hd))?
+        .transpose(1, 2)?
+        .contiguous()?; // [Bc, H, N, hd]
+    let dp = d_o4.matmul(&c.v.t()?)?; // [Bc, H, N, N]
+    let dv = c.p.t()?.matmul(&d_o4)?;
+    let ds = plain::softmax_grad(&c.p, &dp)?;
+    let da = ds.matmul(&c.k)?;
+    let dk = ds.t()?.matmul(&c.a)?;
+    let dq = (da * d.scale())?;
+    Tensor::stack(&[&dq, &dk, &dv], 0)? // [3, Bc, H, N, hd]
+        .permute((1, 3, 0, 2, 4))? // [Bc, N, 3, H, hd]
+        .contiguous()?
+        .reshape((bc * n, 3 * w))
 }
 
 /// `a + b` element-wise (same shape, contiguous f32 on the CPU) into a new vector.

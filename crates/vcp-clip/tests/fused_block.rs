@@ -250,3 +250,34 @@ fn gradients_match_finite_differences() {
         );
     }
 }
+
+/// The attention core runs per chunk of samples, one chunk per thread: the output and every
+/// gradient are the same to the bit on 1, 2 and 3 threads.
+#[test]
+fn results_do_not_depend_on_the_number_of_threads() {
+    let (b, vars) = block(24, 2, 40, 13, true);
+    let x = Var::from_tensor(&seeded_randn(51, &[5, 9, 24], &Device::Cpu)).unwrap();
+    let r = seeded_randn(52, &[5, 9, 24], &Device::Cpu);
+    let mask = causal(9);
+    let run = |threads: usize| -> Vec<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = b
+                .forward(x.as_tensor(), Some(&mask), Kernels::Differentiable)
+                .unwrap();
+            let g = loss(&b, &x, &r, Some(&mask), true).backward().unwrap();
+            let mut out = vec![flat(&y), flat(g.get(x.as_tensor()).unwrap())];
+            out.extend(
+                vars.iter()
+                    .map(|(_, v)| flat(g.get(v.as_tensor()).unwrap())),
+            );
+            out
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2), "1 vs 2 threads");
+    assert_eq!(one, run(3), "1 vs 3 threads");
+}

@@ -206,7 +206,8 @@ def main():
         "composed column is the same binary with `--plain-kernels` (candle 0.11's generic ops and autograd, what "
         "ran before this work). AdamW updates weights and moments in "
         "place on the CPU (`vcp_pretrain::optim`). `vcp` re-executes itself once at start with glibc's mmap "
-        "and trim thresholds raised, so that freed tensors are reused instead of returned to the kernel and "
+        "and trim thresholds raised and one malloc arena, so that freed tensors are reused instead of returned "
+        "to the kernel and "
         "faulted in again (`crates/vcp-cli/src/allocator.rs`); the allocator-defaults columns run with "
         "`VCP_MALLOC_DEFAULTS=1`.",
     ]

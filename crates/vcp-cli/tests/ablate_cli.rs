@@ -330,6 +330,7 @@ fn sigint_stops_cleanly_and_a_rerun_completes() {
         for want in [
             &b"MALLOC_MMAP_THRESHOLD_=1073741824"[..],
             &b"MALLOC_TRIM_THRESHOLD_=4294967296"[..],
+            &b"MALLOC_ARENA_MAX=1"[..],
         ] {
             assert!(vars.contains(&want), "{}", String::from_utf8_lossy(want));
         }

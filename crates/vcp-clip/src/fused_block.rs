@@ -187,8 +187,7 @@ pub fn forward(block: &Block, x: &Tensor, mask: Option<&Tensor>) -> Result<Optio
         dims,
     };
     let out = if train_params {
-        let flat: Vec<Tensor> = ps.iter().map(|t| t.flatten_all()).collect::<CResult<_>>()?;
-        let packed = Tensor::cat(&flat, 0)?;
+        let packed = pack(&ps)?;
         x.apply_op2(&packed, op)?
     } else {
         x.apply_op1(op)?
@@ -291,11 +290,14 @@ fn run_backward(
         c.g.t()?.matmul(&dy)?,
         plain::sum_rows(&dy)?,
     ];
-    let flat: Vec<Tensor> = grads
-        .iter()
-        .map(|t| t.flatten_all())
-        .collect::<CResult<_>>()?;
-    Ok((dx, Some(Tensor::cat(&flat, 0)?)))
+    Ok((dx, Some(pack(&grads)?)))
+}
+
+/// The block's parameters (or their gradients, in the same order) as one flat vector: the
+/// op's second operand.
+fn pack(ts: &[Tensor; 12]) -> CResult<Tensor> {
+    let flat: Vec<Tensor> = ts.iter().map(|t| t.flatten_all()).collect::<CResult<_>>()?;
+    Tensor::cat(&flat, 0)
 }
 
 /// Sample ranges, one per thread: each range's tensors equal the corresponding slices of the

@@ -7,7 +7,9 @@
 //! backward**, so a gradient through them is silently `None`) and differentiable ones (ours in
 //! [`crate::fused`] on CPU f32, with analytic backward; candle's composition elsewhere). The
 //! frozen image tower uses the fused path; the text tower, through which prompt gradients must
-//! flow, and pretraining use the differentiable one.
+//! flow, and pretraining use the differentiable one. On CPU f32 each path has a whole-block
+//! fast path: [`crate::infer_block`] (fused, inference) and [`crate::fused_block`]
+//! (differentiable, one autograd node).
 //!
 //! Mixed precision: the Linear weights may be bf16/f16 (see [`crate::ClipWeights::cast_compute`]);
 //! LayerNorm (weights kept in f32) and the attention softmax then run in f32 on up-cast inputs,
@@ -287,8 +289,9 @@ impl Block {
 
     /// The block with another attention-score rule (AnomalyCLIP-style replacement).
     ///
-    /// With differentiable kernels, query-key scores and f32 on the CPU, the block runs as one
-    /// op with a hand-written backward ([`crate::fused_block`]); otherwise as
+    /// On the CPU in f32: with differentiable kernels and query-key scores the block runs as one
+    /// op with a hand-written backward ([`crate::fused_block`]); with fused kernels (inference)
+    /// as [`crate::infer_block`] (same bits, fewer copies, heads in parallel). Otherwise as
     /// [`Self::forward_composed`].
     pub fn forward_scores(
         &self,
@@ -297,12 +300,17 @@ impl Block {
         k: Kernels,
         scores_of: Scores,
     ) -> Result<Tensor> {
-        if k == Kernels::Differentiable && scores_of == Scores::QueryKey {
-            if let Some(y) = crate::fused_block::forward(self, x, mask)? {
-                return Ok(y);
+        let fast = match k {
+            Kernels::Differentiable if scores_of == Scores::QueryKey => {
+                crate::fused_block::forward(self, x, mask)?
             }
+            Kernels::Fused => crate::infer_block::forward(self, x, mask, scores_of)?,
+            Kernels::Differentiable => None,
+        };
+        match fast {
+            Some(y) => Ok(y),
+            None => self.forward_composed(x, mask, k, scores_of),
         }
-        self.forward_composed(x, mask, k, scores_of)
     }
 
     /// The block composed from candle's ops and the element-wise kernels of [`crate::fused`],
@@ -334,11 +342,15 @@ impl Block {
     pub fn mlp_residual(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
         let x = x.clone();
         let h = self.fc1.forward(&self.ln_2.forward(&x, k)?)?;
-        let h = match self.act {
-            Act::Clip(a) => activate(&h, a)?,
+        Ok((&x + self.fc2.forward(&self.activation(&h)?)?)?)
+    }
+
+    /// The MLP activation as this block executes it.
+    pub(crate) fn activation(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(match self.act {
+            Act::Clip(a) => activate(h, a)?,
             Act::FoldedSilu => h.silu()?,
-        };
-        Ok((&x + self.fc2.forward(&h)?)?)
+        })
     }
 }
 

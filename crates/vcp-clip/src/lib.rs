@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod fused;
 pub mod fused_block;
+pub mod infer_block;
 pub mod model;
 pub mod pickle_guard;
 pub mod preprocess;

@@ -28,3 +28,27 @@ pub fn seeded_randn(seed: u64, shape: &[usize], dev: &candle_core::Device) -> Te
     let v: Vec<f32> = (0..n).map(|_| rng.normal_f64() as f32).collect();
     Tensor::from_vec(v, shape, dev).expect("seeded_randn")
 }
+
+/// Weights for `cfg` with every tensor drawn from N(0, 0.3) (LayerNorm gains from 1 + N(0, 0.3)),
+/// each from its own seed (`seed` and the tensor's rank among the sorted names), so that biases
+/// and gains are not the 0s and 1s of a fresh initialisation and a test sees the same values
+/// on every run.
+pub fn random_weights(cfg: &crate::ClipConfig, seed: u64) -> crate::ClipWeights {
+    let dev = candle_core::Device::Cpu;
+    let base = crate::ClipWeights::random(cfg, seed, &dev).expect("random weights");
+    let mut names: Vec<&String> = base.tensors().keys().collect();
+    names.sort();
+    let tensors = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let dims = base.tensors()[name].dims();
+            let mut r = (seeded_randn(seed * 1000 + i as u64, dims, &dev) * 0.3).expect("scale");
+            if name.contains("layer_norm") && name.ends_with("weight") {
+                r = (r + 1.0).expect("shift");
+            }
+            (name.clone(), r)
+        })
+        .collect();
+    crate::ClipWeights::from_tensors(cfg.clone(), tensors).expect("weights")
+}

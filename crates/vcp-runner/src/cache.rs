@@ -218,7 +218,8 @@ fn dir_size(dir: &std::path::Path) -> u64 {
     total
 }
 
-/// Identifies what the frozen tower computes: the backbone config minus nothing it ignores.
+/// Identifies what the frozen tower computes: the backbone config minus nothing it ignores, and
+/// the version of the code's arithmetic.
 pub fn backbone_key(model: &VcpModel) -> String {
     let b = &model.cfg.backbone;
     // The embedded pretrained weights change under the same preset name: key them by content.
@@ -228,7 +229,7 @@ pub fn backbone_key(model: &VcpModel) -> String {
         b.preset.clone()
     };
     format!(
-        "{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+        "{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|arithmetic {}",
         preset,
         b.weights,
         b.seed,
@@ -237,7 +238,8 @@ pub fn backbone_key(model: &VcpModel) -> String {
         b.activation,
         b.attention,
         b.dense_blocks,
-        b.dtype
+        b.dtype,
+        vcp_clip::infer_block::ARITHMETIC_VERSION
     )
 }
 

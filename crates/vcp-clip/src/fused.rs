@@ -56,6 +56,10 @@ fn rows_per_task(row_len: usize) -> usize {
 /// at run time; the build itself targets baseline x86-64 (SSE2) so that it runs everywhere.
 /// The loops inside are auto-vectorised 8 or 16 wide instead of 4. Same results to the bit:
 /// Rust never contracts `a * b + c` into an FMA nor reorders float sums.
+///
+/// Pass the closure as `simd(#[inline(always)] || ...)`: only code inlined into pulp's
+/// `target_feature` function is compiled for AVX2, and LLVM does not inline a closure with a
+/// large body on its own (the softmax's stayed SSE2, 4 wide, until this was found in a profile).
 #[inline(always)]
 pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
@@ -131,14 +135,17 @@ impl CustomOp3 for LayerNormOp {
         y.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .for_each(|(yc, xc)| {
-                simd(|| {
-                    for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-                        let (mean, rstd) = row_stats(xr, self.eps);
-                        for (((o, &v), &gi), &bi) in yr.iter_mut().zip(xr).zip(g).zip(b) {
-                            *o = (v - mean) * rstd * gi + bi;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                            let (mean, rstd) = row_stats(xr, self.eps);
+                            for (((o, &v), &gi), &bi) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                                *o = (v - mean) * rstd * gi + bi;
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -189,26 +196,29 @@ impl CustomOp3 for LayerNormGradX {
         dx.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
             .for_each(|(oc, (xc, dc))| {
-                simd(|| {
-                    for ((o, xr), dr) in oc
-                        .chunks_exact_mut(d)
-                        .zip(xc.chunks_exact(d))
-                        .zip(dc.chunks_exact(d))
-                    {
-                        let (mean, rstd) = row_stats(xr, self.eps);
-                        let (mut s1, mut s2) = (0f32, 0f32);
-                        for ((&v, &dv), &gi) in xr.iter().zip(dr).zip(g) {
-                            let gh = dv * gi;
-                            s1 += gh;
-                            s2 += gh * (v - mean) * rstd;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((o, xr), dr) in oc
+                            .chunks_exact_mut(d)
+                            .zip(xc.chunks_exact(d))
+                            .zip(dc.chunks_exact(d))
+                        {
+                            let (mean, rstd) = row_stats(xr, self.eps);
+                            let (mut s1, mut s2) = (0f32, 0f32);
+                            for ((&v, &dv), &gi) in xr.iter().zip(dr).zip(g) {
+                                let gh = dv * gi;
+                                s1 += gh;
+                                s2 += gh * (v - mean) * rstd;
+                            }
+                            let (m1, m2) = (s1 / d as f32, s2 / d as f32);
+                            for (((o, &v), &dv), &gi) in o.iter_mut().zip(xr).zip(dr).zip(g) {
+                                let xhat = (v - mean) * rstd;
+                                *o = rstd * (dv * gi - m1 - xhat * m2);
+                            }
                         }
-                        let (m1, m2) = (s1 / d as f32, s2 / d as f32);
-                        for (((o, &v), &dv), &gi) in o.iter_mut().zip(xr).zip(dr).zip(g) {
-                            let xhat = (v - mean) * rstd;
-                            *o = rstd * (dv * gi - m1 - xhat * m2);
-                        }
-                    }
-                })
+                    },
+                )
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -240,19 +250,22 @@ impl CustomOp2 for LayerNormGradGain {
             .fold(
                 || vec![0f32; 2 * d],
                 |mut acc, (xc, dc)| {
-                    simd(|| {
-                        for (xr, dr) in xc.chunks_exact(d).zip(dc.chunks_exact(d)) {
-                            let (mean, rstd) = row_stats(xr, self.eps);
-                            let (ag, ab) = acc.split_at_mut(d);
-                            for (((a, b), &v), &dv) in
-                                ag.iter_mut().zip(ab.iter_mut()).zip(xr).zip(dr)
-                            {
-                                *a += dv * (v - mean) * rstd;
-                                *b += dv;
+                    simd(
+                        #[inline(always)]
+                        || {
+                            for (xr, dr) in xc.chunks_exact(d).zip(dc.chunks_exact(d)) {
+                                let (mean, rstd) = row_stats(xr, self.eps);
+                                let (ag, ab) = acc.split_at_mut(d);
+                                for (((a, b), &v), &dv) in
+                                    ag.iter_mut().zip(ab.iter_mut()).zip(xr).zip(dr)
+                                {
+                                    *a += dv * (v - mean) * rstd;
+                                    *b += dv;
+                                }
                             }
-                        }
-                        acc
-                    })
+                            acc
+                        },
+                    )
                 },
             )
             .reduce(|| vec![0f32; 2 * d], add_vecs);
@@ -285,7 +298,52 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> CResul
 // ---------------------------------------------------------------------------------------------
 // Softmax over the last dimension.
 
-struct SoftmaxOp;
+/// `lane_sums`: the row sum as eight interleaved partial sums (vectorised; a different rounding
+/// from the sequential sum). Training keeps the sequential sum, so that its results stay those
+/// of every earlier run to the bit; inference ([`crate::infer_block`]) takes the lanes.
+struct SoftmaxOp {
+    lane_sums: bool,
+}
+
+const LANES: usize = 8;
+
+/// The largest value of a row, eight lanes at a time (the maximum does not depend on the order,
+/// so this is the sequential fold's value; a serial `f32::max` chain does not vectorise).
+#[inline(always)]
+fn row_max(xr: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xr.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    rest.iter()
+        .copied()
+        .fold(acc.into_iter().fold(f32::NEG_INFINITY, f32::max), f32::max)
+}
+
+/// The sum of a row as eight interleaved partial sums, then the lanes pairwise, then the tail.
+#[inline(always)]
+fn lane_sum(xr: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xr.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let pairs = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    let total = (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]);
+    rest.iter().fold(total, |s, v| s + v)
+}
 
 impl CustomOp1 for SoftmaxOp {
     fn name(&self) -> &'static str {
@@ -297,24 +355,32 @@ impl CustomOp1 for SoftmaxOp {
         let d = *l.dims().last().unwrap_or(&1);
         let mut y = vec![0f32; x.len()];
         let chunk = rows_per_task(d) * d;
+        let lane_sums = self.lane_sums;
         y.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .for_each(|(yc, xc)| {
-                simd(|| {
-                    for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-                        let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        // A row of -inf only (a fully masked row): uniform zeros, not NaN.
-                        let max = if max.is_finite() { max } else { 0.0 };
-                        for (o, &v) in yr.iter_mut().zip(xr) {
-                            *o = exp_f32(v - max);
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+                            let max = row_max(xr);
+                            // A row of -inf only (a fully masked row): uniform zeros, not NaN.
+                            let max = if max.is_finite() { max } else { 0.0 };
+                            for (o, &v) in yr.iter_mut().zip(xr) {
+                                *o = exp_f32(v - max);
+                            }
+                            let sum: f32 = if lane_sums {
+                                lane_sum(yr)
+                            } else {
+                                yr.iter().sum()
+                            };
+                            let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                            for o in yr.iter_mut() {
+                                *o *= inv;
+                            }
                         }
-                        let sum: f32 = yr.iter().sum();
-                        let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
-                        for o in yr.iter_mut() {
-                            *o *= inv;
-                        }
-                    }
-                })
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -349,18 +415,21 @@ impl CustomOp2 for SoftmaxGrad {
         dx.par_chunks_mut(chunk)
             .zip(y.par_chunks(chunk).zip(dy.par_chunks(chunk)))
             .for_each(|(oc, (yc, dc))| {
-                simd(|| {
-                    for ((o, yr), dr) in oc
-                        .chunks_exact_mut(d)
-                        .zip(yc.chunks_exact(d))
-                        .zip(dc.chunks_exact(d))
-                    {
-                        let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
-                        for ((o, &y), &dv) in o.iter_mut().zip(yr).zip(dr) {
-                            *o = y * (dv - dot);
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((o, yr), dr) in oc
+                            .chunks_exact_mut(d)
+                            .zip(yc.chunks_exact(d))
+                            .zip(dc.chunks_exact(d))
+                        {
+                            let dot: f32 = yr.iter().zip(dr).map(|(a, b)| a * b).sum();
+                            for ((o, &y), &dv) in o.iter_mut().zip(yr).zip(dr) {
+                                *o = y * (dv - dot);
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -371,7 +440,7 @@ pub fn softmax_last(x: &Tensor) -> CResult<Tensor> {
     if !usable(&[x]) {
         return candle_nn::ops::softmax(x, D::Minus1);
     }
-    x.contiguous()?.apply_op1(SoftmaxOp)
+    x.contiguous()?.apply_op1(SoftmaxOp { lane_sums: false })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,11 +466,14 @@ impl CustomOp1 for QuickGeluOp {
         y.par_chunks_mut(16384)
             .zip(x.par_chunks(16384))
             .for_each(|(yc, xc)| {
-                simd(|| {
-                    for (o, &v) in yc.iter_mut().zip(xc) {
-                        *o = v * sigmoid(QG * v);
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (o, &v) in yc.iter_mut().zip(xc) {
+                            *o = v * sigmoid(QG * v);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -434,12 +506,15 @@ impl CustomOp2 for QuickGeluGrad {
         dx.par_chunks_mut(16384)
             .zip(x.par_chunks(16384).zip(dy.par_chunks(16384)))
             .for_each(|(oc, (xc, dc))| {
-                simd(|| {
-                    for ((o, &v), &g) in oc.iter_mut().zip(xc).zip(dc) {
-                        let s = sigmoid(QG * v);
-                        *o = g * (s + QG * v * s * (1.0 - s));
-                    }
-                })
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((o, &v), &g) in oc.iter_mut().zip(xc).zip(dc) {
+                            let s = sigmoid(QG * v);
+                            *o = g * (s + QG * v * s * (1.0 - s));
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -475,13 +550,16 @@ impl CustomOp2 for AddBiasOp {
         let mut y = x.to_vec();
         let chunk = rows_per_task(d) * d;
         y.par_chunks_mut(chunk).for_each(|yc| {
-            simd(|| {
-                for yr in yc.chunks_exact_mut(d) {
-                    for (o, bv) in yr.iter_mut().zip(b) {
-                        *o += bv;
+            simd(
+                #[inline(always)]
+                || {
+                    for yr in yc.chunks_exact_mut(d) {
+                        for (o, bv) in yr.iter_mut().zip(b) {
+                            *o += bv;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -519,14 +597,17 @@ impl CustomOp1 for SumRows {
             .fold(
                 || vec![0f32; d],
                 |mut acc, xc| {
-                    simd(|| {
-                        for xr in xc.chunks_exact(d) {
-                            for (a, v) in acc.iter_mut().zip(xr) {
-                                *a += v;
+                    simd(
+                        #[inline(always)]
+                        || {
+                            for xr in xc.chunks_exact(d) {
+                                for (a, v) in acc.iter_mut().zip(xr) {
+                                    *a += v;
+                                }
                             }
-                        }
-                        acc
-                    })
+                            acc
+                        },
+                    )
                 },
             )
             .reduce(|| vec![0f32; d], add_vecs);
@@ -646,21 +727,27 @@ impl InplaceOp2 for AddInPlace {
             x.par_chunks_mut(16384)
                 .zip(b.par_chunks(16384))
                 .for_each(|(xc, bc)| {
-                    simd(|| {
-                        for (o, v) in xc.iter_mut().zip(bc) {
-                            *o += v;
-                        }
-                    })
+                    simd(
+                        #[inline(always)]
+                        || {
+                            for (o, v) in xc.iter_mut().zip(bc) {
+                                *o += v;
+                            }
+                        },
+                    )
                 });
         } else {
             x.par_chunks_mut(rows_per_task(d) * d).for_each(|xc| {
-                simd(|| {
-                    for xr in xc.chunks_exact_mut(d) {
-                        for (o, v) in xr.iter_mut().zip(b) {
-                            *o += v;
+                simd(
+                    #[inline(always)]
+                    || {
+                        for xr in xc.chunks_exact_mut(d) {
+                            for (o, v) in xr.iter_mut().zip(b) {
+                                *o += v;
+                            }
                         }
-                    }
-                })
+                    },
+                )
             });
         }
         Ok(())
@@ -693,7 +780,12 @@ pub(crate) mod plain {
     }
 
     pub fn softmax_last(x: &Tensor) -> CResult<Tensor> {
-        x.apply_op1_no_bwd(&SoftmaxOp)
+        x.apply_op1_no_bwd(&SoftmaxOp { lane_sums: false })
+    }
+
+    /// Softmax with the row sums in lanes (inference: faster, rounded differently).
+    pub fn softmax_last_lanes(x: &Tensor) -> CResult<Tensor> {
+        x.apply_op1_no_bwd(&SoftmaxOp { lane_sums: true })
     }
 
     /// The softmax input's gradient from the softmax output `y` and `dy`.
@@ -712,5 +804,49 @@ pub(crate) mod plain {
     /// Sum over every dimension but the last.
     pub fn sum_rows(x: &Tensor) -> CResult<Tensor> {
         x.apply_op1_no_bwd(&SumRows)
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Both softmax variants against a float64 softmax on row lengths around the lane width,
+    /// with a fully masked row (zeros, not NaN); the lane maximum equals the sequential one.
+    #[test]
+    fn softmax_with_lane_sums_matches_float64() {
+        for d in [1usize, 7, 8, 9, 17, 1370] {
+            let rows = 3;
+            let mut v: Vec<f32> = (0..rows * d)
+                .map(|i| ((i * 7919) % 1000) as f32 / 37.0 - 13.0)
+                .collect();
+            v[2 * d..].fill(f32::NEG_INFINITY);
+            let x = Tensor::from_vec(v.clone(), (rows, d), &Device::Cpu).unwrap();
+            for y in [
+                plain::softmax_last(&x).unwrap(),
+                plain::softmax_last_lanes(&x).unwrap(),
+            ] {
+                let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+                for r in 0..rows {
+                    let row = &v[r * d..(r + 1) * d];
+                    let seq_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    assert_eq!(row_max(row).to_bits(), seq_max.to_bits(), "d={d}");
+                    let m = row
+                        .iter()
+                        .map(|&a| a as f64)
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = row.iter().map(|&a| (a as f64 - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for (j, &got) in y[r * d..(r + 1) * d].iter().enumerate() {
+                        let want = if m.is_finite() { e[j] / z } else { 0.0 };
+                        assert!(
+                            (got as f64 - want).abs() < 1e-6,
+                            "d={d} row {r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -112,16 +112,19 @@ impl InplaceOp2 for Moment {
             .zip(g.par_chunks(CHUNK))
             .for_each(|(d, g)| {
                 // AVX2 when the CPU has it (same bits: element-wise, no FMA contraction).
-                vcp_clip::fused::simd(|| {
-                    for (d, &g) in d.iter_mut().zip(g) {
-                        // The same expressions, in the same order, as the tensor update.
-                        *d = if squared {
-                            b * *d + (1.0 - b) * g * g
-                        } else {
-                            b * *d + (1.0 - b) * g
-                        };
-                    }
-                })
+                vcp_clip::fused::simd(
+                    #[inline(always)]
+                    || {
+                        for (d, &g) in d.iter_mut().zip(g) {
+                            // The same expressions, in the same order, as the tensor update.
+                            *d = if squared {
+                                b * *d + (1.0 - b) * g * g
+                            } else {
+                                b * *d + (1.0 - b) * g
+                            };
+                        }
+                    },
+                )
             });
         Ok(())
     }
@@ -167,11 +170,14 @@ impl InplaceOp3 for Weight {
             .zip(m.par_chunks(CHUNK))
             .zip(v.par_chunks(CHUNK))
             .for_each(|((w, m), v)| {
-                vcp_clip::fused::simd(|| {
-                    for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                        *w = *w * decay - lr * (m * ic1) / ((v * ic2).sqrt() + eps);
-                    }
-                })
+                vcp_clip::fused::simd(
+                    #[inline(always)]
+                    || {
+                        for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                            *w = *w * decay - lr * (m * ic1) / ((v * ic2).sqrt() + eps);
+                        }
+                    },
+                )
             });
         Ok(())
     }

@@ -52,3 +52,39 @@ pub fn random_weights(cfg: &crate::ClipConfig, seed: u64) -> crate::ClipWeights 
         .collect();
     crate::ClipWeights::from_tensors(cfg.clone(), tensors).expect("weights")
 }
+
+/// A tensor's values as a flat f32 vector.
+pub fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("flat")
+}
+
+/// The additive causal mask `[n, n]` (0 on and below the diagonal, -inf above), built here
+/// rather than taken from the text tower so that tests compare against an independent one.
+pub fn causal_mask(n: usize) -> Tensor {
+    let v: Vec<f32> = (0..n * n)
+        .map(|i| {
+            if i % n > i / n {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, (n, n), &candle_core::Device::Cpu).expect("causal mask")
+}
+
+/// The `tiny` config with a single vision block of width `w`, `heads` heads and MLP width `m`
+/// (and one text block): for tests of one block on odd shapes.
+pub fn one_block_config(w: usize, heads: usize, m: usize) -> crate::ClipConfig {
+    let mut c = crate::ClipConfig::tiny();
+    c.vision.width = w;
+    c.vision.heads = heads;
+    c.vision.mlp_dim = m;
+    c.vision.layers = 1;
+    c.vision.image_size = 32;
+    c.text.layers = 1;
+    c
+}

@@ -4,25 +4,13 @@
 //! and of every weight, with and without the causal mask, trained and frozen weights, odd
 //! shapes (1 token, widths that are not multiples of 8, batch 1).
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use std::collections::HashMap;
 use vcp_clip::block::{Block, Kernels, Scores};
-use vcp_clip::testing::seeded_randn;
-use vcp_clip::{Activation, ClipConfig, ClipWeights};
+use vcp_clip::testing::{causal_mask, flat, one_block_config, seeded_randn};
+use vcp_clip::{Activation, ClipWeights};
 
 const PREFIX: &str = "vision_model.encoder.layers.0";
-
-/// A config whose vision block has width `w`, `heads` heads and MLP width `m`.
-fn config(w: usize, heads: usize, m: usize) -> ClipConfig {
-    let mut c = ClipConfig::tiny();
-    c.vision.width = w;
-    c.vision.heads = heads;
-    c.vision.mlp_dim = m;
-    c.vision.layers = 1;
-    c.vision.image_size = 32;
-    c.text.layers = 1;
-    c
-}
 
 /// The block's weights: every tensor random (LayerNorm gains around 1, the rest N(0, 0.3)),
 /// as variables when `train`.
@@ -42,7 +30,7 @@ fn block_and_weights(
     seed: u64,
     train: bool,
 ) -> (Block, Vec<(String, Var)>, ClipWeights) {
-    let cfg = config(w, heads, m);
+    let cfg = one_block_config(w, heads, m);
     let base = ClipWeights::random(&cfg, seed, &Device::Cpu).unwrap();
     let mut vars = Vec::new();
     let mut tensors = HashMap::new();
@@ -63,28 +51,6 @@ fn block_and_weights(
     }
     let wts = ClipWeights::from_tensors(cfg.clone(), tensors).unwrap();
     (load(&wts, heads), vars, wts)
-}
-
-fn causal(n: usize) -> Tensor {
-    let v: Vec<f32> = (0..n * n)
-        .map(|i| {
-            if i % n > i / n {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(v, (n, n), &Device::Cpu).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// max |a - b| / max(max |b|, 1e-6).
@@ -115,7 +81,7 @@ fn check_against_composition(bsz: usize, n: usize, w: usize, heads: usize, m: us
     let (b, vars) = block(w, heads, m, 7 + n as u64, true);
     let x = Var::from_tensor(&seeded_randn(3, &[bsz, n, w], &Device::Cpu)).unwrap();
     let r = seeded_randn(4, &[bsz, n, w], &Device::Cpu);
-    let mask = masked.then(|| causal(n));
+    let mask = masked.then(|| causal_mask(n));
     let ctx = format!("B={bsz} N={n} W={w} H={heads} M={m} masked={masked}");
 
     let y1 = b
@@ -172,7 +138,7 @@ fn frozen_weights_give_the_input_gradient_alone_and_the_same_values() {
     assert!(vars.is_empty());
     let x = Var::from_tensor(&seeded_randn(8, &[2, 7, 20], &Device::Cpu)).unwrap();
     let r = seeded_randn(9, &[2, 7, 20], &Device::Cpu);
-    let mask = causal(7);
+    let mask = causal_mask(7);
     let g1 = loss(&b, &x, &r, Some(&mask), true).backward().unwrap();
     let g0 = loss(&b, &x, &r, Some(&mask), false).backward().unwrap();
     let (dx1, dx0) = (
@@ -208,7 +174,7 @@ fn gradients_match_finite_differences() {
     let (b, vars, wts) = block_and_weights(w, heads, m, 21, true);
     let x = Var::from_tensor(&seeded_randn(31, &[bsz, n, w], &Device::Cpu)).unwrap();
     let r = seeded_randn(32, &[bsz, n, w], &Device::Cpu);
-    let mask = causal(n);
+    let mask = causal_mask(n);
     let grads = loss(&b, &x, &r, Some(&mask), true).backward().unwrap();
     drop(b);
     let mut checked = vec![("input".to_string(), x.clone())];
@@ -258,7 +224,7 @@ fn results_do_not_depend_on_the_number_of_threads() {
     let (b, vars) = block(24, 2, 40, 13, true);
     let x = Var::from_tensor(&seeded_randn(51, &[5, 9, 24], &Device::Cpu)).unwrap();
     let r = seeded_randn(52, &[5, 9, 24], &Device::Cpu);
-    let mask = causal(9);
+    let mask = causal_mask(9);
     let run = |threads: usize| -> Vec<Vec<f32>> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -4,36 +4,20 @@
 //! (1 token, widths that are not multiples of 8, batch 1), with and without a causal mask, for
 //! each score rule; and the same bits on any number of threads.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Var};
 use vcp_clip::block::{Block, Kernels, Scores};
-use vcp_clip::testing::{random_weights, seeded_randn};
-use vcp_clip::{Activation, ClipConfig, ClipWeights};
+use vcp_clip::testing::{causal_mask, flat, one_block_config, random_weights, seeded_randn};
+use vcp_clip::{Activation, ClipWeights};
 
 const PREFIX: &str = "vision_model.encoder.layers.0";
 const EPS: f64 = 1e-5;
 
 fn weights(w: usize, heads: usize, m: usize, seed: u64) -> ClipWeights {
-    let mut c = ClipConfig::tiny();
-    c.vision.width = w;
-    c.vision.heads = heads;
-    c.vision.mlp_dim = m;
-    c.vision.layers = 1;
-    c.vision.image_size = 32;
-    c.text.layers = 1;
-    random_weights(&c, seed)
+    random_weights(&one_block_config(w, heads, m), seed)
 }
 
 fn block(wts: &ClipWeights, heads: usize, act: Activation) -> Block {
     Block::load(wts, PREFIX, heads, EPS, act).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn f64s(wts: &ClipWeights, name: &str) -> Vec<f64> {
@@ -41,19 +25,6 @@ fn f64s(wts: &ClipWeights, name: &str) -> Vec<f64> {
         .into_iter()
         .map(f64::from)
         .collect()
-}
-
-fn causal(n: usize) -> Tensor {
-    let v: Vec<f32> = (0..n * n)
-        .map(|i| {
-            if i % n > i / n {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(v, (n, n), &Device::Cpu).unwrap()
 }
 
 /// max |a - b| / max(max |b|, 1e-6); infinite when a value is not finite (`f64::max` would
@@ -180,7 +151,7 @@ fn inference_block_equals_a_float64_computation_and_the_composition() {
         let x = seeded_randn(5 + k as u64, &[bsz, n, w], &Device::Cpu);
         let xf: Vec<f64> = flat(&x).into_iter().map(f64::from).collect();
         for masked in [false, true] {
-            let mask = masked.then(|| causal(n));
+            let mask = masked.then(|| causal_mask(n));
             for &(rule, proj) in &rules {
                 let ctx = format!("B={bsz} N={n} W={w} H={heads} M={m} masked={masked} {rule:?}");
                 let y = blk
@@ -224,7 +195,7 @@ fn results_do_not_depend_on_the_number_of_threads() {
     let wts = weights(w, heads, m, 4);
     let blk = block(&wts, heads, Activation::QuickGelu);
     let x = seeded_randn(8, &[bsz, n, w], &Device::Cpu);
-    let mask = causal(n);
+    let mask = causal_mask(n);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -84,7 +84,9 @@ def main():
             time.sleep(1.0)
         torch_ms, rust_ms = float(np.median(torch_runs)), float(np.median(rust_runs))
         print(f"{dt} threads {t}: torch runs {[round(v) for v in torch_runs]}, vcp runs {[round(v) for v in rust_runs]}")
-        rows.append((dt, t, torch_ms, rust_ms))
+        # Each round's own ratio (both sides timed back to back) cancels slow drifts of the machine's speed.
+        paired = sorted(x / y for x, y in zip(torch_runs, rust_runs))
+        rows.append((dt, t, torch_ms, rust_ms, paired))
         print(f"{dt} threads {t}: torch {torch_ms:.1f} ms, vcp {rust_ms:.1f} ms, torch/vcp = {torch_ms / rust_ms:.2f}")
     lines = [
         "# CPU vision forward: candle (vcp) vs PyTorch eager",
@@ -95,12 +97,15 @@ def main():
         f"--dtypes {' '.join(a.dtypes)} --threads {' '.join(map(str, a.threads))} --rounds {a.rounds}` "
         f"(random {a.model}, {size} px, batch 1, "
         f"hidden states of every block; vcp taps {taps} + global; mean over iterations after warm-up, "
-        f"model load excluded; median of {a.rounds} alternating rounds).",
+        f"model load excluded; median of {a.rounds} alternating rounds; 'per round': the ratio of each round's "
+        f"two timings, taken back to back, which cancels slow drifts of a shared machine's speed).",
         "",
-        "| dtype | threads | PyTorch eager (ms/img) | vcp / candle (ms/img) | speed-up (PyTorch / vcp) |",
-        "|:--|--:|--:|--:|--:|",
+        "| dtype | threads | PyTorch eager (ms/img) | vcp / candle (ms/img) | speed-up (PyTorch / vcp) "
+        "| per round: median [min, max] |",
+        "|:--|--:|--:|--:|--:|--:|",
     ]
-    lines += [f"| {d} | {t} | {p:.1f} | {r:.1f} | {p / r:.2f}x |" for d, t, p, r in rows]
+    lines += [f"| {d} | {t} | {p:.1f} | {r:.1f} | {p / r:.2f}x "
+              f"| {q[len(q) // 2]:.2f}x [{q[0]:.2f}, {q[-1]:.2f}] |" for d, t, p, r, q in rows]
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     open(a.out, "w").write("\n".join(lines) + "\n")
     print("wrote", a.out)

@@ -178,7 +178,9 @@ def main():
         print(f"threads {t}: torch {[round(v) for v in tr]} ms, vcp {[round(v) for v in vr]} ms, "
               f"vcp malloc defaults {[round(v) for v in dr]} ms, "
               f"vcp plain kernels + malloc defaults {[round(v) for v in pr]} ms; torch/vcp = {tm / vm:.2f}", flush=True)
-        rows.append((t, tm, vm, dm, pm))
+        # Each round's own ratio (both sides timed back to back) cancels slow drifts of the machine's speed.
+        paired = sorted(x / y for x, y in zip(tr, vr))
+        rows.append((t, tm, vm, dm, pm, paired))
     m = cfg["model"]
     lines = [
         "# One pretraining step on a CPU: vcp (candle) vs PyTorch eager",
@@ -188,16 +190,20 @@ def main():
         f"Command: `python tools/bench_pretrain_cpu.py --config {a.config} --iters {a.iters} --rounds {a.rounds}` "
         f"(recipe `{cfg['name']}`: ViT {m['vision']['layers']}x{m['vision']['width']} at "
         f"{m['vision']['image_size']} px, text {m['text']['layers']}x{m['text']['width']}, batch {b}; forward, "
-        "backward and AdamW; mean over iterations after one warm-up step; median of alternating rounds).",
+        "backward and AdamW; mean over iterations after one warm-up step; median of alternating rounds; "
+        "'per round': the ratio of each round's two timings, taken back to back, which cancels slow drifts "
+        "of a shared machine's speed).",
         "",
         "| threads | PyTorch eager (ms/step) | vcp (ms/step) | vcp, C allocator defaults (ms/step) "
         "| vcp, composed kernels + allocator defaults (ms/step) "
-        "| PyTorch img/s | vcp img/s | speed-up (PyTorch / vcp) | before (PyTorch / composed + defaults) |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| PyTorch img/s | vcp img/s | speed-up (PyTorch / vcp) | per round: median [min, max] "
+        "| before (PyTorch / composed + defaults) |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for t, tm, vm, dm, pm in rows:
+    for t, tm, vm, dm, pm, paired in rows:
         lines.append(f"| {t} | {tm:.0f} | {vm:.0f} | {dm:.0f} | {pm:.0f} | {b * 1000 / tm:.0f} | {b * 1000 / vm:.0f} "
-                     f"| {tm / vm:.2f}x | {tm / pm:.2f}x |")
+                     f"| {tm / vm:.2f}x | {paired[len(paired) // 2]:.2f}x [{paired[0]:.2f}, {paired[-1]:.2f}] "
+                     f"| {tm / pm:.2f}x |")
     lines += [
         "",
         "`vcp` runs each transformer block as one autograd node with a hand-written backward "

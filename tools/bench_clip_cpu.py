@@ -105,7 +105,7 @@ def main():
         "|:--|--:|--:|--:|--:|--:|",
     ]
     lines += [f"| {d} | {t} | {p:.1f} | {r:.1f} | {p / r:.2f}x "
-              f"| {q[len(q) // 2]:.2f}x [{q[0]:.2f}, {q[-1]:.2f}] |" for d, t, p, r, q in rows]
+              f"| {float(np.median(q)):.2f}x [{q[0]:.2f}, {q[-1]:.2f}] |" for d, t, p, r, q in rows]
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     open(a.out, "w").write("\n".join(lines) + "\n")
     print("wrote", a.out)

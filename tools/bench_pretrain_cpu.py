@@ -202,7 +202,7 @@ def main():
     ]
     for t, tm, vm, dm, pm, paired in rows:
         lines.append(f"| {t} | {tm:.0f} | {vm:.0f} | {dm:.0f} | {pm:.0f} | {b * 1000 / tm:.0f} | {b * 1000 / vm:.0f} "
-                     f"| {tm / vm:.2f}x | {paired[len(paired) // 2]:.2f}x [{paired[0]:.2f}, {paired[-1]:.2f}] "
+                     f"| {tm / vm:.2f}x | {med(paired):.2f}x [{paired[0]:.2f}, {paired[-1]:.2f}] "
                      f"| {tm / pm:.2f}x |")
     lines += [
         "",
